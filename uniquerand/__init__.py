@@ -1,0 +1,46 @@
+"""uniquerand: globally unique random numbers over HTTP, one blueprint per stage of the design."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from uniquerand import config as settings
+from uniquerand.errors import register_error_handlers
+from uniquerand.numbers import spaces_from_config
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Builds the app: defaults, then UNIQUERAND_* variables, then `test_config`, then validation."""
+    from uniquerand.blueprints import index
+    from uniquerand.stages import STAGES
+
+    app = Flask(__name__)
+    app.config.from_mapping(settings.DEFAULTS, INSTANCE_PATH=app.instance_path)
+    app.config.from_prefixed_env("UNIQUERAND")
+    if test_config:
+        app.config.from_mapping(test_config)
+    settings.validate(app.config)
+
+    instance = Path(app.config["INSTANCE_PATH"])
+    spaces = spaces_from_config(app.config)
+    app.extensions["uniquerand"] = {
+        "spaces": spaces,
+        "stages": STAGES,
+        "stores": {stage.name: stage.create_store(instance / stage.name, spaces, app.config) for stage in STAGES},
+    }
+
+    register_error_handlers(app)
+    app.after_request(_never_cache)
+    app.register_blueprint(index.bp)
+    for stage in STAGES:
+        app.register_blueprint(stage.blueprint)
+    return app
+
+
+def _never_cache(response):
+    # A cached number would be served twice; no response of this API may be reused.
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,1 @@
+"""One blueprint per stage of the design, plus the index and health endpoints."""

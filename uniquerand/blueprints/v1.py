@@ -1,0 +1,20 @@
+"""/v1: the simple server. One JSON file of used numbers; `type=float` is read leniently."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from uniquerand.blueprints.common import lenient_type, numbers_response, stage, stats_response
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+
+@bp.get("/random")
+def random_number():
+    kind = lenient_type()
+    return numbers_response(kind, stage("v1").issue(kind))
+
+
+@bp.get("/stats")
+def stats():
+    return stats_response("v1")

@@ -1,0 +1,20 @@
+"""/v2: the "FastAPI" stage. Same JSON store as /v1, with validated input and a documented API."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from uniquerand.blueprints.common import numbers_response, stage, stats_response, strict_type
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+
+
+@bp.get("/random")
+def random_number():
+    kind = strict_type()
+    return numbers_response(kind, stage("v2").issue(kind))
+
+
+@bp.get("/stats")
+def stats():
+    return stats_response("v2")

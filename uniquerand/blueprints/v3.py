@@ -1,0 +1,20 @@
+"""/v3: the SQLite stage. One database, a PRIMARY KEY per type as the uniqueness check."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from uniquerand.blueprints.common import numbers_response, stage, stats_response, strict_type
+
+bp = Blueprint("v3", __name__, url_prefix="/v3")
+
+
+@bp.get("/random")
+def random_number():
+    kind = strict_type()
+    return numbers_response(kind, stage("v3").issue(kind))
+
+
+@bp.get("/stats")
+def stats():
+    return stats_response("v3")

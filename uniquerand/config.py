@@ -1,0 +1,100 @@
+"""Default settings and their validation. Every key can be set as an `UNIQUERAND_<KEY>` variable."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from uniquerand.numbers import JSON_SAFE_LIMIT
+
+DEFAULTS: dict[str, Any] = {
+    "INT_MIN": 0,
+    "INT_MAX": 4294967295,
+    "FLOAT_MIN": 0,
+    "FLOAT_MAX": 100000000,
+    "FLOAT_DECIMALS": 6,
+    # Random draws per number before falling back to an exact pick among the free numbers.
+    "MAX_ATTEMPTS": 100,
+    # Seconds a request waits for a store's lock before answering 503 with Retry-After.
+    "LOCK_TIMEOUT": 5.0,
+    # Seconds a client is told to wait in Retry-After.
+    "RETRY_AFTER": 1,
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+def _integer(config: dict, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    value = config[key]
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {config[key]!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, got {value}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} must be at most {maximum}, got {value}.")
+    return value
+
+
+def _positive_number(config: dict, key: str) -> float:
+    value = config[key]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {value!r}.") from None
+    if isinstance(value, bool) or not number > 0:
+        raise ConfigError(f"{key} must be a positive number, got {value!r}.")
+    return number
+
+
+def _decimal(config: dict, key: str) -> Decimal:
+    value = config[key]
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {value!r}.")
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConfigError(f"{key} must be a number, got {value!r}.") from None
+    if not number.is_finite():
+        raise ConfigError(f"{key} must be a finite number, got {value!r}.")
+    return number
+
+
+def validate(config: dict) -> None:
+    """Normalises the settings in place; raises ConfigError naming the first bad one.
+
+    Refuses empty ranges and ranges whose numbers would not survive a JSON round trip (beyond 2**53).
+    """
+    config["INSTANCE_PATH"] = str(Path(str(config["INSTANCE_PATH"])).expanduser().resolve())
+    low = config["INT_MIN"] = _integer(config, "INT_MIN", -JSON_SAFE_LIMIT, JSON_SAFE_LIMIT)
+    high = config["INT_MAX"] = _integer(config, "INT_MAX", -JSON_SAFE_LIMIT, JSON_SAFE_LIMIT)
+    if high < low:
+        raise ConfigError(f"INT_MAX ({high}) must not be below INT_MIN ({low}): the int range is empty.")
+
+    decimals = config["FLOAT_DECIMALS"] = _integer(config, "FLOAT_DECIMALS", 0, 15)
+    scale = Decimal(10) ** decimals
+    bounds = {}
+    for key in ("FLOAT_MIN", "FLOAT_MAX"):
+        steps = _decimal(config, key) * scale
+        if steps != steps.to_integral_value():
+            raise ConfigError(f"{key} must lie on the grid of 10^-{decimals} (FLOAT_DECIMALS).")
+        if abs(steps) > JSON_SAFE_LIMIT:
+            raise ConfigError(
+                f"{key} times 10^FLOAT_DECIMALS must stay within +-2^53 so that every float on the "
+                "grid survives JSON; lower the bound or FLOAT_DECIMALS."
+            )
+        bounds[key] = int(steps)
+    if bounds["FLOAT_MAX"] <= bounds["FLOAT_MIN"]:
+        raise ConfigError("FLOAT_MAX must be above FLOAT_MIN: the float range [FLOAT_MIN, FLOAT_MAX) is empty.")
+    config["FLOAT_MIN_STEPS"], config["FLOAT_MAX_STEPS"] = bounds["FLOAT_MIN"], bounds["FLOAT_MAX"]
+
+    config["MAX_ATTEMPTS"] = _integer(config, "MAX_ATTEMPTS", 1, 1_000_000)
+    config["LOCK_TIMEOUT"] = _positive_number(config, "LOCK_TIMEOUT")
+    config["RETRY_AFTER"] = _integer(config, "RETRY_AFTER", 1, 3600)

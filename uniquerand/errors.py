@@ -1,0 +1,82 @@
+"""The one place where an error becomes an HTTP response: always JSON with an "error" message."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, current_app, jsonify
+from werkzeug.exceptions import HTTPException, UnprocessableEntity
+
+from uniquerand.storage.base import (
+    InsufficientRemainingError,
+    RetriesExhaustedError,
+    SpaceExhaustedError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+# status, machine-readable code, whether a retry may succeed (and so Retry-After is sent)
+STORE_ERROR_RESPONSES: dict[type[StoreError], tuple[int, str, bool]] = {
+    StoreBusyError: (503, "store_busy", True),
+    StoreUnavailableError: (503, "store_unavailable", True),
+    RetriesExhaustedError: (503, "retries_exhausted", True),
+    SpaceExhaustedError: (503, "space_exhausted", False),
+    InsufficientRemainingError: (503, "insufficient_remaining", False),
+    StoreCorruptError: (500, "store_corrupt", False),
+}
+
+
+class InvalidParameterError(UnprocessableEntity):
+    """A query parameter has a value the endpoint does not accept."""
+
+    def __init__(self, parameter: str, message: str, **details: Any) -> None:
+        super().__init__(description=message)
+        self.extra = {"code": "invalid_parameter", "parameter": parameter, **details}
+
+
+def json_error(status: int, message: str, **extra: Any):
+    response = jsonify({"error": message, **extra})
+    response.status_code = status
+    return response
+
+
+def handle_http_exception(error: HTTPException):
+    # get_response() keeps the headers werkzeug sets (Allow on 405); only the body is replaced.
+    response = error.get_response()
+    body = {"error": error.description, "code": getattr(error, "extra", {}).get("code", _slug(error))}
+    body.update(getattr(error, "extra", {}))
+    response.set_data(current_app.json.dumps(body))
+    response.content_type = "application/json"
+    return response
+
+
+def handle_store_error(error: StoreError):
+    status, code, retryable = STORE_ERROR_RESPONSES.get(type(error), (500, "store_error", False))
+    extra: dict[str, Any] = {"code": code}
+    if isinstance(error, InsufficientRemainingError):
+        extra.update(requested=error.requested, remaining=error.remaining)
+    log.log(logging.ERROR if status == 500 else logging.WARNING, "store error: %s", error)
+    response = json_error(status, str(error), **extra)
+    if retryable:
+        response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER"])
+    return response
+
+
+def handle_unexpected(error: Exception):
+    log.exception("unhandled error")
+    return json_error(500, "Internal server error. The fault was logged.", code="internal_error")
+
+
+def _slug(error: HTTPException) -> str:
+    return (error.name or "error").lower().replace(" ", "_").replace("'", "")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(StoreError, handle_store_error)
+    app.register_error_handler(Exception, handle_unexpected)

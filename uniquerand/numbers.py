@@ -1,0 +1,77 @@
+"""The number spaces: which integers a stage may issue, and how a float maps onto its grid.
+
+Every stage stores and compares *codes*: plain integers. An int's code is the int itself; a float's
+code is its count of grid steps (value * 10**decimals), so uniqueness never compares binary floats.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+NumberKind = Literal["int", "float"]
+KINDS: tuple[NumberKind, ...] = ("int", "float")
+
+# Beyond 2**53 a JSON number (an IEEE double in most clients) no longer holds every integer exactly.
+JSON_SAFE_LIMIT = 2**53
+
+
+@dataclass(frozen=True)
+class NumberSpace:
+    """The inclusive range of codes [low, high] of one kind; `decimals` > 0 only for floats."""
+
+    kind: NumberKind
+    low: int
+    high: int
+    decimals: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.high - self.low + 1
+
+    def contains(self, code: int) -> bool:
+        return self.low <= code <= self.high
+
+    def draw(self) -> int:
+        """A code drawn uniformly from the space by the operating system's CSPRNG."""
+        return self.low + secrets.randbelow(self.size)
+
+    def to_json_value(self, code: int) -> int | float:
+        """The number a client sees for a code.
+
+        For floats this is the double nearest to code / 10**decimals (Python's int / int is correctly
+        rounded), which parses back and rounds to exactly the stored grid value.
+        """
+        if self.kind == "int":
+            return code
+        return code / 10**self.decimals
+
+
+def spaces_from_config(config: dict) -> dict[NumberKind, NumberSpace]:
+    """Both spaces from validated settings (see `config.validate`)."""
+    return {
+        "int": NumberSpace("int", config["INT_MIN"], config["INT_MAX"]),
+        # Floats are drawn from [FLOAT_MIN, FLOAT_MAX): the last grid step below FLOAT_MAX is the top.
+        "float": NumberSpace(
+            "float",
+            config["FLOAT_MIN_STEPS"],
+            config["FLOAT_MAX_STEPS"] - 1,
+            config["FLOAT_DECIMALS"],
+        ),
+    }
+
+
+def kth_free(low: int, k: int, used_ascending) -> int:
+    """The k-th (0-based) code >= low that is not in `used_ascending` (sorted ascending, distinct).
+
+    Walks the used codes once and stops at the answer, so callers can stream them from an index.
+    """
+    candidate = low + k
+    for code in used_ascending:
+        if code < low:
+            continue
+        if code > candidate:
+            break
+        candidate += 1
+    return candidate

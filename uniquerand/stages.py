@@ -1,0 +1,62 @@
+"""The stages the app serves side by side: each one's blueprint, its store, and how the index describes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Blueprint
+
+from uniquerand.blueprints import v1, v2, v3
+from uniquerand.numbers import NumberKind, NumberSpace
+from uniquerand.storage.json_file import JsonFileStore
+from uniquerand.storage.sqlite import SqliteStore
+
+StoreFactory = Callable[[Path, dict[NumberKind, NumberSpace], dict], object]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    blueprint: Blueprint
+    description: str
+    store: str
+    create_store: StoreFactory
+
+
+def _json_store(name: str) -> StoreFactory:
+    return lambda folder, spaces, config: JsonFileStore(
+        folder, spaces, label=name, max_attempts=config["MAX_ATTEMPTS"], lock_timeout=config["LOCK_TIMEOUT"]
+    )
+
+
+def _sqlite_store(folder: Path, spaces: dict[NumberKind, NumberSpace], config: dict) -> SqliteStore:
+    return SqliteStore(
+        folder, spaces, label="v3", max_attempts=config["MAX_ATTEMPTS"], lock_timeout=config["LOCK_TIMEOUT"]
+    )
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "v1",
+        v1.bp,
+        "The simple server: random draws checked against a JSON file of used numbers; `type=float` read leniently.",
+        "one JSON file (used_numbers.json) guarded by filelock",
+        _json_store("v1"),
+    ),
+    Stage(
+        "v2",
+        v2.bp,
+        "The documented-API stage: same store as /v1, with validated input (422 on a bad `type`).",
+        "one JSON file (used_numbers.json) guarded by filelock",
+        _json_store("v2"),
+    ),
+    Stage(
+        "v3",
+        v3.bp,
+        "The SQLite stage: the PRIMARY KEY insert is the uniqueness check, WAL, synchronous=FULL.",
+        "one SQLite database (numbers.db), a table per type",
+        _sqlite_store,
+    ),
+)

@@ -1,0 +1,1 @@
+"""Stores: files, locks and SQL. Nothing here knows Flask or HTTP."""

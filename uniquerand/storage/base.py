@@ -1,0 +1,56 @@
+"""The contract every store keeps, and the errors a store may raise instead of issuing numbers.
+
+A store hands out *codes* (see `uniquerand.numbers`) and promises that a code it returned was durably
+recorded first, and that it never returns the same code of the same kind twice.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from uniquerand.numbers import NumberKind
+
+
+class StoreError(Exception):
+    """A store could not do what was asked; nothing was issued."""
+
+
+class StoreBusyError(StoreError):
+    """The store's lock was held past the timeout; retrying later may succeed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store's files could not be written or opened (read-only folder, full disk, I/O error)."""
+
+
+class StoreCorruptError(StoreError):
+    """The store's file cannot be read as what it should be; it was left untouched."""
+
+
+class RetriesExhaustedError(StoreError):
+    """No free number was found within the allowed attempts."""
+
+
+class SpaceExhaustedError(StoreError):
+    """Every number of the space has been issued."""
+
+
+class InsufficientRemainingError(StoreError):
+    """Fewer numbers remain than a batch asked for; nothing was issued."""
+
+    def __init__(self, requested: int, remaining: int) -> None:
+        super().__init__(f"Asked for {requested} numbers but only {remaining} remain in the space.")
+        self.requested = requested
+        self.remaining = remaining
+
+
+class Store(Protocol):
+    """A place that issues unique codes of each kind."""
+
+    def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
+        """`count` distinct codes never issued before, durably recorded before returning."""
+        ...
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per kind: `issued`, `space_size`, `remaining` (and any store-specific counters)."""
+        ...

@@ -1,0 +1,56 @@
+"""How every remembering store chooses new codes: random draws, then an exact pick near the end.
+
+Random draws alone fail near the end of a space, so once `max_attempts` draws for one number have
+all hit used codes, the number is chosen uniformly among the codes still free. The callbacks run
+inside the caller's lock or transaction, so the free codes cannot change underneath.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+
+from uniquerand.numbers import NumberSpace, kth_free
+from uniquerand.storage.base import (
+    InsufficientRemainingError,
+    RetriesExhaustedError,
+    SpaceExhaustedError,
+)
+
+
+def pick_unused(
+    space: NumberSpace,
+    count: int,
+    max_attempts: int,
+    claim: Callable[[int], bool],
+    count_used: Callable[[], int],
+    used_ascending: Callable[[], Iterable[int]],
+) -> list[int]:
+    """Claims `count` free codes of `space` and returns them.
+
+    `claim(code)` records the code and says whether it was free; `count_used()` counts the used codes
+    inside the space and `used_ascending()` yields them in ascending order (both include this call's
+    claims). Raises when the space runs out, in which case the caller must discard every claim.
+    """
+    picked: list[int] = []
+    for _ in range(count):
+        code = _draw_free(space, max_attempts, claim)
+        if code is None:
+            remaining = space.size - count_used()
+            if remaining <= 0:
+                if count == 1:
+                    raise SpaceExhaustedError("All possible numbers have been used.")
+                raise InsufficientRemainingError(count, len(picked))
+            code = kth_free(space.low, secrets.randbelow(remaining), used_ascending())
+            if not claim(code):
+                raise RetriesExhaustedError("Could not generate a unique number after multiple attempts.")
+        picked.append(code)
+    return picked
+
+
+def _draw_free(space: NumberSpace, max_attempts: int, claim: Callable[[int], bool]) -> int | None:
+    for _ in range(max_attempts):
+        code = space.draw()
+        if claim(code):
+            return code
+    return None
