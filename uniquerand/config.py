@@ -16,6 +16,8 @@ DEFAULTS: dict[str, Any] = {
     "FLOAT_DECIMALS": 6,
     # Random draws per number before falling back to an exact pick among the free numbers.
     "MAX_ATTEMPTS": 100,
+    # Largest `count` a batch request may ask for.
+    "MAX_COUNT": 1000,
     # Seconds a request waits for a store's lock before answering 503 with Retry-After.
     "LOCK_TIMEOUT": 5.0,
     # Seconds a client is told to wait in Retry-After.
@@ -96,5 +98,6 @@ def validate(config: dict) -> None:
     config["FLOAT_MIN_STEPS"], config["FLOAT_MAX_STEPS"] = bounds["FLOAT_MIN"], bounds["FLOAT_MAX"]
 
     config["MAX_ATTEMPTS"] = _integer(config, "MAX_ATTEMPTS", 1, 1_000_000)
+    config["MAX_COUNT"] = _integer(config, "MAX_COUNT", 1, 1_000_000)
     config["LOCK_TIMEOUT"] = _positive_number(config, "LOCK_TIMEOUT")
     config["RETRY_AFTER"] = _integer(config, "RETRY_AFTER", 1, 3600)

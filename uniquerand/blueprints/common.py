@@ -43,6 +43,19 @@ def strict_type() -> NumberKind:
     return kind
 
 
+def batch_count() -> int | None:
+    """`count` as an integer in 1..MAX_COUNT, or None when absent (a single number is asked for)."""
+    value = single_param("count")
+    if value is None:
+        return None
+    maximum = current_app.config["MAX_COUNT"]
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= maximum:
+        raise InvalidParameterError(
+            "count", f"Invalid 'count': it must be an integer from 1 to {maximum}.", minimum=1, maximum=maximum
+        )
+    return int(value)
+
+
 def numbers_response(kind: NumberKind, codes: list[int], batch: bool = False, **extra):
     """`{"number": n}` for a single number, `{"numbers": [...]}` for a batch."""
     number_space = space(kind)

@@ -51,6 +51,13 @@ class Store(Protocol):
         """`count` distinct codes never issued before, durably recorded before returning."""
         ...
 
+    def prefill(self, kind: NumberKind, count: int) -> None:
+        """Records `count` more codes as issued through a bulk path, as if served and discarded.
+
+        For benchmarks: it shows a store's cost at scale without millions of requests.
+        """
+        ...
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Per kind: `issued`, `space_size`, `remaining` (and any store-specific counters)."""
         ...

@@ -77,6 +77,9 @@ class JsonFileStore:
             self._write(data)
         return codes
 
+    def prefill(self, kind: NumberKind, count: int) -> None:
+        self.issue(kind, count)
+
     def stats(self) -> dict[str, dict[str, int]]:
         with self._locked():
             data = self._read()

@@ -26,6 +26,9 @@ from uniquerand.storage.base import (
 from uniquerand.storage.picking import pick_unused
 
 FILE_NAME = "numbers.db"
+# Rows per transaction when prefilling: large enough to amortise the fsync, small enough to keep
+# other writers' waits short.
+PREFILL_CHUNK = 50_000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS issued_int (code INTEGER PRIMARY KEY);
@@ -101,6 +104,10 @@ class SqliteStore:
                 lambda: self._count(connection, kind),
                 used_ascending,
             )
+
+    def prefill(self, kind: NumberKind, count: int) -> None:
+        for start in range(0, count, PREFILL_CHUNK):
+            self.issue(kind, min(PREFILL_CHUNK, count - start))
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._translated_errors():

@@ -1,0 +1,160 @@
+"""Real servers and plain HTTP clients for end-to-end tests (127.0.0.1 only, bounded in time)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict, dict[str, str]]:
+    """One GET on a fresh connection (so that load spreads over every worker): status, JSON body, headers."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        raw = response.read()
+        headers = {key.lower(): value for key, value in response.getheaders()}
+        return response.status, json.loads(raw) if raw else {}, headers
+    finally:
+        connection.close()
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs whose parent is `pid` (gunicorn's workers, for its master)."""
+    result = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: split after the last ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            result.append(int(entry))
+    return result
+
+
+class GunicornServer:
+    """`gunicorn wsgi:app` with the project's config, on a free 127.0.0.1 port and a given instance folder."""
+
+    def __init__(
+        self,
+        instance_path: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 3,
+        threads: int = 4,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.instance_path = instance_path
+        self.env = env or {}
+        self.workers = workers
+        self.threads = threads
+        self.startup_timeout = startup_timeout
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+        self.log_path = instance_path.parent / "gunicorn.log"
+
+    def start(self) -> None:
+        self.port = free_port()
+        env = {**os.environ, "UNIQUERAND_INSTANCE_PATH": str(self.instance_path), **self.env}
+        command = [
+            sys.executable, "-m", "gunicorn", "wsgi:app",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(self.workers),
+            "--threads", str(self.threads),
+            "--no-control-socket",
+        ]  # fmt: skip
+        self.instance_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_until_serving()
+
+    def _wait_until_serving(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {self.log()}")
+            try:
+                if get(self.port, "/healthz", timeout=2)[0] == 200 and len(self.worker_pids()) == self.workers:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not start within {self.startup_timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def worker_pids(self) -> list[int]:
+        return children(self.process.pid)
+
+    def get(self, path: str, timeout: float = 30.0):
+        return get(self.port, path, timeout)
+
+    def kill9(self) -> None:
+        """SIGKILL to the master and every worker at once: a crash at an arbitrary instant."""
+        pids = [self.process.pid, *self.worker_pids()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids[1:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        workers = self.worker_pids()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def hammer(port: int, paths: Iterable[str], concurrency: int = 16, timeout: float = 30.0) -> list[tuple]:
+    """GETs every path from `concurrency` threads, each on a fresh connection; returns (status, body) or
+    (None, error) for requests that got no answer (the server died under them)."""
+
+    def fetch(path: str):
+        try:
+            status, body, _ = get(port, path, timeout)
+            return status, body
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            return None, repr(err)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(fetch, paths))
