@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -113,10 +114,8 @@ class GunicornServer:
         """SIGKILL to the master and every worker at once: a crash at an arbitrary instant."""
         pids = [self.process.pid, *self.worker_pids()]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.process.wait(timeout=10)
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in pids[1:]) and time.monotonic() < deadline:

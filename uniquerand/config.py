@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from uniquerand.numbers import JSON_SAFE_LIMIT
+from uniquerand.numbers import FLOAT_STEPS_LIMIT, JSON_SAFE_LIMIT
 
 DEFAULTS: dict[str, Any] = {
     "INT_MIN": 0,
@@ -87,10 +87,10 @@ def validate(config: dict) -> None:
         steps = _decimal(config, key) * scale
         if steps != steps.to_integral_value():
             raise ConfigError(f"{key} must lie on the grid of 10^-{decimals} (FLOAT_DECIMALS).")
-        if abs(steps) > JSON_SAFE_LIMIT:
+        if abs(steps) > FLOAT_STEPS_LIMIT:
             raise ConfigError(
-                f"{key} times 10^FLOAT_DECIMALS must stay within +-2^53 so that every float on the "
-                "grid survives JSON; lower the bound or FLOAT_DECIMALS."
+                f"{key} times 10^FLOAT_DECIMALS must stay within +-2^52 so that every float on the "
+                "grid survives JSON as a distinct double; lower the bound or FLOAT_DECIMALS."
             )
         bounds[key] = int(steps)
     if bounds["FLOAT_MAX"] <= bounds["FLOAT_MIN"]:

@@ -1,0 +1,81 @@
+"""Settings: defaults, UNIQUERAND_* variables, and validation that names the bad setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from uniquerand import create_app
+from uniquerand.config import ConfigError
+
+
+def test_defaults(app, instance_path):
+    assert app.config["INT_MIN"] == 0
+    assert app.config["INT_MAX"] == 4294967295
+    assert app.config["FLOAT_MAX"] == 100000000
+    assert app.config["FLOAT_DECIMALS"] == 6
+    assert app.config["MAX_ATTEMPTS"] == 100
+    assert app.config["INSTANCE_PATH"] == str(instance_path.resolve())
+
+
+def test_default_instance_path_is_beside_wsgi():
+    app = create_app()
+    assert app.config["INSTANCE_PATH"].endswith("/instance")
+
+
+def test_environment_overrides_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNIQUERAND_INT_MIN", "10")
+    monkeypatch.setenv("UNIQUERAND_INT_MAX", "20")
+    monkeypatch.setenv("UNIQUERAND_INSTANCE_PATH", str(tmp_path / "data"))
+    app = create_app()
+    assert (app.config["INT_MIN"], app.config["INT_MAX"]) == (10, 20)
+    assert app.config["INSTANCE_PATH"] == str(tmp_path / "data")
+    assert app.extensions["uniquerand"]["spaces"]["int"].size == 11
+
+
+def test_test_config_overrides_environment(monkeypatch, make_app):
+    monkeypatch.setenv("UNIQUERAND_INT_MAX", "20")
+    assert make_app(INT_MAX=30).config["INT_MAX"] == 30
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"INT_MIN": 5, "INT_MAX": 4}, "INT_MAX"),
+        ({"INT_MAX": 2**53 + 1}, "INT_MAX"),
+        ({"INT_MIN": -(2**53) - 1}, "INT_MIN"),
+        ({"INT_MIN": "ten"}, "INT_MIN"),
+        ({"INT_MAX": True}, "INT_MAX"),
+        ({"FLOAT_MIN": 5, "FLOAT_MAX": 5}, "FLOAT_MAX"),
+        ({"FLOAT_MAX": 10**10}, "FLOAT_MAX"),
+        ({"FLOAT_MIN": -(2**52) - 1, "FLOAT_DECIMALS": 0}, "FLOAT_MIN"),
+        ({"FLOAT_MIN": "0.0000001"}, "FLOAT_MIN"),
+        ({"FLOAT_MAX": "nan"}, "FLOAT_MAX"),
+        ({"FLOAT_DECIMALS": -1}, "FLOAT_DECIMALS"),
+        ({"FLOAT_DECIMALS": 16}, "FLOAT_DECIMALS"),
+        ({"MAX_ATTEMPTS": 0}, "MAX_ATTEMPTS"),
+        ({"MAX_COUNT": 0}, "MAX_COUNT"),
+        ({"LOCK_TIMEOUT": 0}, "LOCK_TIMEOUT"),
+        ({"LOCK_TIMEOUT": "soon"}, "LOCK_TIMEOUT"),
+    ],
+)
+def test_invalid_settings_fail_at_startup_naming_the_setting(make_app, settings, named):
+    with pytest.raises(ConfigError, match=named):
+        make_app(**settings)
+
+
+def test_invalid_environment_variable_fails_at_startup(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNIQUERAND_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("UNIQUERAND_FLOAT_DECIMALS", "many")
+    with pytest.raises(ConfigError, match="FLOAT_DECIMALS"):
+        create_app()
+
+
+def test_float_bounds_on_the_grid(make_app):
+    app = make_app(FLOAT_MIN="0.5", FLOAT_MAX=2, FLOAT_DECIMALS=1)
+    space = app.extensions["uniquerand"]["spaces"]["float"]
+    assert (space.low, space.high, space.size) == (5, 19, 15)
+
+
+def test_creating_the_app_touches_no_file(make_app, instance_path):
+    make_app()
+    assert not instance_path.exists()

@@ -1,0 +1,59 @@
+"""Number spaces: uniform CSPRNG draws, the float grid's JSON round trip, and the exact k-th free pick."""
+
+from __future__ import annotations
+
+import json
+import random
+from decimal import Decimal
+
+import pytest
+
+from uniquerand.numbers import FLOAT_STEPS_LIMIT, NumberSpace, kth_free
+
+
+def test_draws_stay_inside_the_space():
+    space = NumberSpace("int", -3, 3)
+    seen = {space.draw() for _ in range(2000)}
+    assert seen == set(range(-3, 4))
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 6, 9])
+def test_float_codes_survive_json_and_rounding(decimals):
+    top = FLOAT_STEPS_LIMIT
+    space = NumberSpace("float", -top, top, decimals)
+    rng = random.Random(7)
+    codes = [0, 1, 9, 10, 99, top, top - 1, -top, *(rng.randrange(-top, top) for _ in range(20000))]
+    for code in codes:
+        parsed = json.loads(json.dumps(space.to_json_value(code)))
+        assert round(parsed, decimals) == space.to_json_value(code)
+        assert (Decimal(repr(parsed)) * 10**decimals).to_integral_value() == code
+        # The neighbouring grid value is a different double: distinct codes never look alike in JSON.
+        assert space.to_json_value(code + 1) != space.to_json_value(code)
+
+
+def test_ints_are_json_integers():
+    assert json.dumps(NumberSpace("int", 0, 10).to_json_value(7)) == "7"
+
+
+@pytest.mark.parametrize(
+    ("used", "k", "expected"),
+    [
+        ([], 0, 10),
+        ([], 5, 15),
+        ([10, 11, 12], 0, 13),
+        ([10, 12], 1, 13),
+        ([11, 13, 14], 2, 15),
+        ([3, 4, 10, 20], 0, 11),
+    ],
+)
+def test_kth_free(used, k, expected):
+    assert kth_free(10, k, used) == expected
+
+
+def test_kth_free_matches_brute_force():
+    rng = random.Random(3)
+    for _ in range(200):
+        used = sorted(rng.sample(range(0, 60), rng.randrange(0, 50)))
+        free = [code for code in range(0, 60) if code not in used]
+        k = rng.randrange(len(free))
+        assert kth_free(0, k, used) == free[k]

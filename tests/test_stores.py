@@ -1,0 +1,215 @@
+"""The store contract, written once and run against every remembering store, on real files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import filelock
+import pytest
+
+from uniquerand.numbers import NumberSpace
+from uniquerand.storage.base import (
+    InsufficientRemainingError,
+    SpaceExhaustedError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreUnavailableError,
+)
+from uniquerand.storage.json_file import JsonFileStore
+from uniquerand.storage.sqlite import SqliteStore
+
+BACKENDS = {"json": JsonFileStore, "sqlite": SqliteStore}
+
+
+def make_store(backend: str, folder: Path, int_max: int = 4294967295, decimals: int = 6, lock_timeout: float = 5.0):
+    spaces = {
+        "int": NumberSpace("int", 1, int_max),
+        "float": NumberSpace("float", 0, 10 ** (8 + decimals) - 1, decimals),
+    }
+    return BACKENDS[backend](folder, spaces, label="test", max_attempts=100, lock_timeout=lock_timeout)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request):
+    return request.param
+
+
+def issue_in_process(backend: str, folder: str, int_max: int, rounds: int, out: str) -> None:
+    """Module-level target for spawned processes: issues `rounds` ints and writes them to `out`."""
+    store = make_store(backend, Path(folder), int_max)
+    codes = [store.issue("int")[0] for _ in range(rounds)]
+    Path(out).write_text(json.dumps(codes))
+
+
+def hold_lock_in_process(backend: str, folder: str, ready, release) -> None:
+    """Takes the store's cross-process write lock and holds it until told to let go."""
+    if backend == "json":
+        lock = filelock.FileLock(str(Path(folder) / "used_numbers.json.lock"))
+        lock.acquire()
+    else:
+        connection = sqlite3.connect(Path(folder) / "numbers.db", isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+    ready.set()
+    release.wait(30)
+
+
+def test_issues_distinct_codes_inside_the_space(backend, tmp_path):
+    store = make_store(backend, tmp_path, int_max=1000)
+    codes = store.issue("int", 300) + [store.issue("int")[0] for _ in range(100)]
+    assert len(set(codes)) == 400
+    assert all(1 <= code <= 1000 for code in codes)
+
+
+def test_ints_and_floats_are_separate_namespaces(backend, tmp_path):
+    store = make_store(backend, tmp_path, int_max=5, decimals=0)
+    store.spaces["float"] = NumberSpace("float", 1, 5, 0)
+    assert sorted(store.issue("int", 5)) == [1, 2, 3, 4, 5]
+    assert sorted(store.issue("float", 5)) == [1, 2, 3, 4, 5]
+
+
+def test_small_space_is_served_to_the_last_number_then_exhausted(backend, tmp_path):
+    store = make_store(backend, tmp_path, int_max=50)
+    codes = [store.issue("int")[0] for _ in range(50)]
+    assert sorted(codes) == list(range(1, 51))
+    with pytest.raises(SpaceExhaustedError, match="All possible numbers have been used"):
+        store.issue("int")
+    assert store.stats()["int"] == {"issued": 50, "space_size": 50, "remaining": 0}
+
+
+def test_batch_larger_than_what_remains_issues_nothing(backend, tmp_path):
+    store = make_store(backend, tmp_path, int_max=50)
+    store.issue("int", 45)
+    with pytest.raises(InsufficientRemainingError) as caught:
+        store.issue("int", 6)
+    assert (caught.value.requested, caught.value.remaining) == (6, 5)
+    assert store.stats()["int"]["issued"] == 45
+    assert len(set(store.issue("int", 5))) == 5
+
+
+def test_state_survives_a_new_store_object(backend, tmp_path):
+    first = make_store(backend, tmp_path, int_max=30)
+    issued = set(first.issue("int", 20))
+    second = make_store(backend, tmp_path, int_max=30)
+    assert issued.isdisjoint(second.issue("int", 10))
+    assert second.stats()["int"]["remaining"] == 0
+
+
+def test_prefill_counts_as_issued(backend, tmp_path):
+    store = make_store(backend, tmp_path)
+    store.prefill("float", 5000)
+    assert store.stats()["float"]["issued"] == 5000
+
+
+def test_threads_never_share_a_number(backend, tmp_path):
+    store = make_store(backend, tmp_path, int_max=2000)
+    with ThreadPoolExecutor(8) as pool:
+        codes = [code for batch in pool.map(lambda _: store.issue("int"), range(800)) for code in batch]
+    assert len(codes) == len(set(codes)) == 800
+
+
+def test_processes_never_share_a_number(backend, tmp_path):
+    # 4 processes x 250 draws in a space of 1500: a store that loses updates repeats a number at once.
+    context = multiprocessing.get_context("spawn")
+    outputs = [tmp_path / f"out{index}.json" for index in range(4)]
+    processes = [
+        context.Process(target=issue_in_process, args=(backend, str(tmp_path / "store"), 1500, 250, str(out)))
+        for out in outputs
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    codes = [code for out in outputs for code in json.loads(out.read_text())]
+    assert len(codes) == len(set(codes)) == 1000
+    assert make_store(backend, tmp_path / "store", 1500).stats()["int"]["issued"] == 1000
+
+
+def test_a_held_lock_makes_the_store_busy_not_hang(backend, tmp_path):
+    store = make_store(backend, tmp_path, lock_timeout=0.5)
+    store.issue("int")  # creates the files
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=hold_lock_in_process, args=(backend, str(tmp_path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(StoreBusyError):
+            store.issue("int")
+    finally:
+        release.set()
+        holder.join(30)
+    assert holder.exitcode == 0
+    assert len(store.issue("int")) == 1
+
+
+def test_json_file_store_fails_closed_on_unreadable_files(tmp_path):
+    store = make_store("json", tmp_path)
+    for content in [b"{not json", b"", b'{"format": "uniquerand-json-v1", "int": [1, 2', b'{"int": "x"}', b"\xff\xfe"]:
+        (tmp_path / "used_numbers.json").write_bytes(content)
+        with pytest.raises(StoreCorruptError, match="left untouched"):
+            store.issue("int")
+        with pytest.raises(StoreCorruptError):
+            store.stats()
+        assert (tmp_path / "used_numbers.json").read_bytes() == content
+
+
+def test_sqlite_store_fails_closed_on_a_file_that_is_not_a_database(tmp_path):
+    content = b"this is not a database, but it is somebody's data\n" * 200
+    (tmp_path / "numbers.db").write_bytes(content)
+    store = make_store("sqlite", tmp_path)
+    with pytest.raises(StoreCorruptError, match="not a readable SQLite database"):
+        store.issue("int")
+    with pytest.raises(StoreCorruptError):
+        store.stats()
+    assert (tmp_path / "numbers.db").read_bytes() == content
+
+
+@pytest.mark.parametrize("backend_name", ["json", "sqlite"])
+def test_a_store_written_with_other_float_decimals_is_refused(tmp_path, backend_name):
+    make_store(backend_name, tmp_path, decimals=6).issue("float", 3)
+    with pytest.raises(StoreCorruptError, match="FLOAT_DECIMALS"):
+        make_store(backend_name, tmp_path, decimals=4).issue("float")
+
+
+def test_json_file_store_unreadable_path_is_unavailable(tmp_path):
+    (tmp_path / "used_numbers.json").mkdir()
+    with pytest.raises(StoreUnavailableError, match="Cannot read"):
+        make_store("json", tmp_path).issue("int")
+
+
+def test_sqlite_store_unopenable_path_is_unavailable(tmp_path):
+    (tmp_path / "numbers.db").mkdir()
+    with pytest.raises(StoreUnavailableError):
+        make_store("sqlite", tmp_path).issue("int")
+
+
+def test_json_file_store_sees_writes_of_another_store_object(tmp_path):
+    first, second = make_store("json", tmp_path, int_max=20), make_store("json", tmp_path, int_max=20)
+    first.issue("int", 10)
+    second.issue("int", 10)
+    with pytest.raises(SpaceExhaustedError):
+        first.issue("int")
+
+
+def test_sqlite_store_is_wal_and_fully_synchronous(tmp_path):
+    store = make_store("sqlite", tmp_path)
+    store.issue("int")
+    connection = store._connection()
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_stores_keep_working_across_threads_started_later(backend, tmp_path):
+    store = make_store(backend, tmp_path, int_max=100)
+    store.issue("int", 10)
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.extend(store.issue("int", 10)))
+    thread.start()
+    thread.join(30)
+    assert len(results) == 10
