@@ -200,7 +200,7 @@ def test_json_file_store_sees_writes_of_another_store_object(tmp_path):
 def test_sqlite_store_is_wal_and_fully_synchronous(tmp_path):
     store = make_store("sqlite", tmp_path)
     store.issue("int")
-    connection = store._connection()
+    connection = store._reader()
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 

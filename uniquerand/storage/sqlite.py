@@ -1,9 +1,9 @@
 """SqliteStore: every issued code as a row of one SQLite database, as the design's third stage keeps them.
 
 Concurrency: the PRIMARY KEY is the uniqueness check (INSERT OR IGNORE, never check-then-insert),
-inside a `BEGIN IMMEDIATE` transaction that holds SQLite's write lock across every process; threads of
-one process queue on a thread lock first, so they do not sleep in SQLite's busy handler.
-Durability: WAL with `synchronous=FULL`, so a code is on disk when COMMIT returns, before it is served.
+inside a `BEGIN IMMEDIATE` transaction that holds SQLite's write lock across every process. Within a
+process, requests are group-committed: the ones that arrive together share one transaction.
+Durability: WAL with `synchronous=FULL`; a request's codes are returned only after COMMIT returned.
 A file that is not a database is never touched: the store fails closed.
 """
 
@@ -13,7 +13,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
@@ -23,6 +22,7 @@ from uniquerand.storage.base import (
     StoreError,
     StoreUnavailableError,
 )
+from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.picking import pick_unused
 
 FILE_NAME = "numbers.db"
@@ -36,8 +36,12 @@ CREATE TABLE IF NOT EXISTS issued_float (code INTEGER PRIMARY KEY);
 """
 
 
-def store_error(err: sqlite3.Error, label: str) -> StoreError:
-    """The typed store error for an sqlite3 exception (shared by every SQLite-backed store)."""
+def store_error(err: BaseException, label: str) -> StoreError:
+    """The typed store error for an sqlite3 or OS exception (shared by every SQLite-backed store)."""
+    if isinstance(err, StoreError):
+        return err
+    if isinstance(err, OSError):
+        return StoreUnavailableError(f"The {label} store cannot be used: {err.strerror}.")
     name = getattr(err, "sqlite_errorname", "") or ""
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return StoreBusyError(f"The {label} store is busy; retry shortly.")
@@ -78,104 +82,98 @@ class SqliteStore:
         self.lock_timeout = lock_timeout
         self._pid: int | None = None
         self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._committer: GroupCommitter | None = None
+        self._committer_lock = threading.Lock()
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
-        space = self.spaces[kind]
-        table = f"issued_{kind}"
-        with self._write_transaction() as connection:
-
-            def claim(code: int) -> bool:
-                return connection.execute(f"INSERT OR IGNORE INTO {table} (code) VALUES (?)", (code,)).rowcount == 1
-
-            def used_ascending() -> Iterator[int]:
-                cursor = connection.execute(f"SELECT code FROM {table} WHERE code >= ? ORDER BY code", (space.low,))
-                try:
-                    for (code,) in cursor:
-                        yield code
-                finally:
-                    cursor.close()
-
-            return pick_unused(
-                space,
-                count,
-                self.max_attempts,
-                claim,
-                lambda: self._count(connection, kind),
-                used_ascending,
-            )
+        return self._group_committer().submit(lambda connection: self._claim(connection, kind, count))
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         for start in range(0, count, PREFILL_CHUNK):
             self.issue(kind, min(PREFILL_CHUNK, count - start))
 
     def stats(self) -> dict[str, dict[str, int]]:
-        with self._translated_errors():
-            connection = self._connection()
+        try:
+            connection = self._reader()
             result = {}
             for kind in KINDS:
                 space = self.spaces[kind]
                 issued = self._count(connection, kind)
                 result[kind] = {"issued": issued, "space_size": space.size, "remaining": space.size - issued}
             return result
+        except (sqlite3.Error, OSError) as err:
+            raise store_error(err, self.label) from err
+
+    def _claim(self, connection: sqlite3.Connection, kind: NumberKind, count: int) -> list[int]:
+        space = self.spaces[kind]
+        table = f"issued_{kind}"
+
+        def claim(code: int) -> bool:
+            return connection.execute(f"INSERT OR IGNORE INTO {table} (code) VALUES (?)", (code,)).rowcount == 1
+
+        def used_ascending() -> Iterator[int]:
+            cursor = connection.execute(f"SELECT code FROM {table} WHERE code >= ? ORDER BY code", (space.low,))
+            try:
+                for (code,) in cursor:
+                    yield code
+            finally:
+                cursor.close()
+
+        return pick_unused(
+            space, count, self.max_attempts, claim, lambda: self._count(connection, kind), used_ascending
+        )
 
     def _count(self, connection: sqlite3.Connection, kind: NumberKind) -> int:
         space = self.spaces[kind]
         query = f"SELECT COUNT(*) FROM issued_{kind} WHERE code BETWEEN ? AND ?"
         return connection.execute(query, (space.low, space.high)).fetchone()[0]
 
-    @contextmanager
-    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
-        self._ensure_process_state()
-        if not self._write_lock.acquire(timeout=self.lock_timeout):
-            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
-        try:
-            with self._translated_errors():
-                connection = self._connection()
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    yield connection
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-                connection.execute("COMMIT")
-        finally:
-            self._write_lock.release()
-
-    @contextmanager
-    def _translated_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as err:
-            raise store_error(err, self.label) from err
-        except OSError as err:
-            raise StoreUnavailableError(f"The {self.label} store cannot be used: {err.strerror}.") from err
-
     def _ensure_process_state(self) -> None:
+        # Connections, threads and locks never cross a fork: a child builds its own.
         if self._pid != os.getpid():
             self._local = threading.local()
-            self._write_lock = threading.Lock()
+            self._committer = None
+            self._committer_lock = threading.Lock()
             self._pid = os.getpid()
 
-    def _connection(self) -> sqlite3.Connection:
+    def _group_committer(self) -> GroupCommitter:
+        self._ensure_process_state()
+        with self._committer_lock:
+            if self._committer is None:
+                self._committer = GroupCommitter(
+                    self._open,
+                    self.path.with_name(FILE_NAME + ".lock"),
+                    lambda err: store_error(err, self.label),
+                    wait_timeout=self.lock_timeout,
+                    timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
+                )
+            return self._committer
+
+    def _reader(self) -> sqlite3.Connection:
         self._ensure_process_state()
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            connection = connect(self.path, self.lock_timeout)
-            try:
-                self._prepare(connection)
-            except BaseException:
-                connection.close()
-                raise
-            self._local.connection = connection
+            connection = self._local.connection = self._open()
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        connection = connect(self.path, self.lock_timeout)
+        try:
+            self._prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         connection.executescript(SCHEMA)
         decimals = self.spaces["float"].decimals
-        connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('float_decimals', ?)", (decimals,))
-        stored = connection.execute("SELECT value FROM meta WHERE key = 'float_decimals'").fetchone()[0]
+        row = connection.execute("SELECT value FROM meta WHERE key = 'float_decimals'").fetchone()
+        if row is None:
+            connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('float_decimals', ?)", (decimals,))
+            row = connection.execute("SELECT value FROM meta WHERE key = 'float_decimals'").fetchone()
+        stored = row[0]
         if stored != decimals:
             raise StoreCorruptError(
                 f"The {self.label} store was written with FLOAT_DECIMALS={stored} but the server runs with "

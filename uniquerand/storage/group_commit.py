@@ -1,0 +1,144 @@
+"""Group commit for SQLite writers: the jobs that arrive together share one transaction and one fsync.
+
+Each process has one writer thread (started lazily, after any fork). A request's job runs inside a
+savepoint of the shared `BEGIN IMMEDIATE` transaction, so a job that fails undoes only its own writes, and
+every job's result is handed back only after COMMIT returned: nothing is served before it is durable.
+Writers of different processes queue on a blocking `flock` of a lock file beside the database: the kernel
+wakes the next one the moment the lock is free, where SQLite's busy handler would sleep and poll.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[sqlite3.Connection], Any]
+
+
+class _Pending:
+    __slots__ = ("abandoned", "done", "error", "job", "value")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.abandoned = False
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        open_connection: Callable[[], sqlite3.Connection],
+        lock_path: Path,
+        translate: Callable[[BaseException], BaseException],
+        wait_timeout: float,
+        timeout_error: Callable[[], BaseException],
+        max_jobs: int = 64,
+    ) -> None:
+        self._open_connection = open_connection
+        self._lock_path = lock_path
+        self._lock_fd: int | None = None
+        self._translate = translate
+        self._wait_timeout = wait_timeout
+        self._timeout_error = timeout_error
+        self._max_jobs = max_jobs
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._connection: sqlite3.Connection | None = None
+        threading.Thread(target=self._run, name="sqlite-group-commit", daemon=True).start()
+
+    def submit(self, job: Job) -> Any:
+        """Runs `job(connection)` in the next shared transaction; returns its value once committed."""
+        pending = _Pending(job)
+        self._queue.put(pending)
+        if not pending.done.wait(self._wait_timeout):
+            # Skipped if not started yet; if it already runs, its numbers are burned, never served twice.
+            pending.abandoned = True
+            raise self._timeout_error()
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self._max_jobs:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [pending for pending in batch if not pending.abandoned]
+            if not batch:
+                continue
+            try:
+                with self._process_lock():
+                    self._commit(batch)
+            except BaseException as err:  # the writer thread must survive anything
+                log.exception("group commit failed")
+                self._abandon_transaction()
+                for pending in batch:
+                    pending.error = pending.error or self._translate(err)
+            for pending in batch:
+                pending.done.set()
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            if self._connection is None:
+                self._connection = self._open_connection()
+            connection = self._connection
+            connection.execute("BEGIN IMMEDIATE")
+        except (sqlite3.Error, OSError) as err:
+            self._fail(batch, err)
+            return
+        for pending in batch:
+            self._run_job(connection, pending)
+        try:
+            connection.execute("COMMIT")
+        except (sqlite3.Error, OSError) as err:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            self._fail(batch, err)
+
+    def _run_job(self, connection: sqlite3.Connection, pending: _Pending) -> None:
+        connection.execute("SAVEPOINT job")
+        try:
+            pending.value = pending.job(connection)
+        except Exception as err:
+            connection.execute("ROLLBACK TO job")
+            pending.error = self._translate(err) if isinstance(err, sqlite3.Error | OSError) else err
+        connection.execute("RELEASE job")
+
+    @contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        """The cross-process writer lock, held from BEGIN to COMMIT."""
+        if self._lock_fd is None:
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _abandon_transaction(self) -> None:
+        try:
+            if self._connection is not None and self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._connection.close()
+            self._connection = None
+
+    def _fail(self, batch: list[_Pending], err: BaseException) -> None:
+        error = self._translate(err)
+        for pending in batch:
+            pending.value, pending.error = None, pending.error or error
