@@ -43,7 +43,7 @@ def test_concurrent_clients_over_every_worker_never_share_a_number(make_server, 
     server = make_server(env=SMALL_SPACE, workers=3, threads=4)
     paths = [f"/{stage}/random" if index % 3 else f"/{stage}/random?type=float" for index in range(900)]
     results = hammer(server.port, paths, concurrency=16)
-    assert Counter(status for status, _ in results) == {200: 900}
+    assert Counter(status for status, _ in results) == {200: 900}, [body for status, body in results if status != 200]
     ints = [number for number in served(results) if type(number) is int]
     floats = [number for number in served(results) if type(number) is float]
     assert len(ints) == len(set(ints)) == 600
@@ -70,8 +70,9 @@ def test_kill_9_mid_load_then_restart_never_repeats_a_number(make_server, instan
     assert set(before) <= stored_codes(instance_path, stage, "int")
 
     restarted = make_server(env=SMALL_SPACE, workers=3, threads=4)
-    after = served(hammer(restarted.port, [f"/{stage}/random"] * 600, concurrency=16))
-    assert len(after) == 600
+    results = hammer(restarted.port, [f"/{stage}/random"] * 600, concurrency=16)
+    after = served(results)
+    assert len(after) == 600, [body for status, body in results if status != 200]
     everything = before + after
     assert len(everything) == len(set(everything))
     assert restarted.get(f"/{stage}/stats")[0] == 200

@@ -213,3 +213,18 @@ def test_stores_keep_working_across_threads_started_later(backend, tmp_path):
     thread.start()
     thread.join(30)
     assert len(results) == 10
+
+
+def test_threads_racing_at_a_fresh_store_build_its_process_state_once(backend, tmp_path):
+    # A worker's first requests arrive together: each must be served, and none twice.
+    for attempt in range(10):
+        store = make_store(backend, tmp_path / str(attempt), int_max=200)
+        barrier = threading.Barrier(12)
+
+        def first_request(_, store=store, barrier=barrier):
+            barrier.wait(10)
+            return store.issue("int")
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = [code for batch in pool.map(first_request, range(12)) for code in batch]
+        assert len(set(codes)) == 12

@@ -6,9 +6,14 @@ recorded first, and that it never returns the same code of the same kind twice.
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+import threading
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 from uniquerand.numbers import NumberKind
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -61,3 +66,25 @@ class Store(Protocol):
     def stats(self) -> dict[str, dict[str, int]]:
         """Per kind: `issued`, `space_size`, `remaining` (and any store-specific counters)."""
         ...
+
+
+class PerProcess(Generic[T]):
+    """State built once per process, thread-safely: locks, connections and threads never cross a fork.
+
+    `get()` builds the value on first use in each process (gunicorn forks workers after import), and
+    two threads racing at a worker's first requests still build it once.
+    """
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._value: T | None = None
+
+    def get(self) -> T:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._value = self._build()
+                    self._pid = os.getpid()
+        return self._value

@@ -1,11 +1,11 @@
 """JsonFileStore: every issued code in one JSON file, as the simple server of the design keeps them.
 
-Concurrency: one `filelock` lock file serialises every thread of every process (a thread lock in
-front of it keeps threads of one process from polling the file lock). Each request re-reads the
-file under the lock, so another process's writes are always seen.
+Concurrency: one `filelock` lock file serialises every process. Within a process, the requests that
+arrive together are served as one batch (one read, one write) by whichever thread holds the thread
+lock. Every batch re-reads the file under the lock, so another process's writes are always seen.
 Durability: the file is rewritten atomically (temp file, fsync, os.replace, fsync of the folder)
 before a code is returned, so a crash at any instant leaves the old file or the new one.
-A file that cannot be parsed is never overwritten: the store fails closed. Cost: O(n) per request.
+A file that cannot be parsed is never overwritten: the store fails closed. Cost: O(n) per batch.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,34 @@ import filelock
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.storage.base import (
+    PerProcess,
     StoreBusyError,
     StoreCorruptError,
+    StoreError,
     StoreUnavailableError,
 )
 from uniquerand.storage.picking import pick_unused
 
 FILE_NAME = "used_numbers.json"
 FORMAT = "uniquerand-json-v1"
+
+
+@dataclass
+class _ProcessState:
+    file_lock: filelock.FileLock
+    thread_lock: threading.Lock = field(default_factory=threading.Lock)
+    queue_lock: threading.Lock = field(default_factory=threading.Lock)
+    queue: list[_Request] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Request:
+    kind: NumberKind
+    count: int
+    codes: list[int] | None = None
+    error: StoreError | None = None
+    done: bool = False
+    abandoned: bool = False
 
 
 class JsonFileStore:
@@ -48,40 +69,78 @@ class JsonFileStore:
         self.label = label
         self.max_attempts = max_attempts
         self.lock_timeout = lock_timeout
-        self._pid: int | None = None
-        self._thread_lock = threading.Lock()
-        self._file_lock: filelock.FileLock | None = None
+        self._process = PerProcess(self._process_state)
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
-        space = self.spaces[kind]
-        with self._locked():
-            data = self._read()
-            used_list: list[int] = data[kind]
-            used = set(used_list)
+        state = self._process.get()
+        request = _Request(kind, count)
+        with state.queue_lock:
+            state.queue.append(request)
+        # Whoever holds the thread lock serves every queued request with one read and one write.
+        if not state.thread_lock.acquire(timeout=self.lock_timeout):
+            request.abandoned = True
+            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
+        try:
+            if not request.done:
+                with state.queue_lock:
+                    batch, state.queue = [queued for queued in state.queue if not queued.abandoned], []
+                self._serve(state.file_lock, batch)
+        finally:
+            state.thread_lock.release()
+        if request.error is not None:
+            raise request.error
+        return request.codes
 
-            def claim(code: int) -> bool:
-                if code in used:
-                    return False
-                used.add(code)
-                used_list.append(code)
-                return True
+    def _serve(self, file_lock: filelock.FileLock, batch: list[_Request]) -> None:
+        try:
+            with self._file_locked(file_lock):
+                data = self._read()
+                used = {kind: set(data[kind]) for kind in KINDS}
+                for request in batch:
+                    try:
+                        request.codes = self._claim(data[request.kind], used[request.kind], request)
+                    except StoreError as err:
+                        request.error = err
+                if any(request.error is None for request in batch):
+                    self._write(data)
+        except StoreError as err:
+            for request in batch:
+                request.error = request.error or err
+        finally:
+            for request in batch:
+                request.done = True
 
+    def _claim(self, used_list: list[int], used: set[int], request: _Request) -> list[int]:
+        space = self.spaces[request.kind]
+        claimed: list[int] = []
+
+        def claim(code: int) -> bool:
+            if code in used:
+                return False
+            used.add(code)
+            claimed.append(code)
+            return True
+
+        try:
             codes = pick_unused(
                 space,
-                count,
+                request.count,
                 self.max_attempts,
                 claim,
                 lambda: sum(1 for code in used if space.contains(code)),
                 lambda: sorted(used),
             )
-            self._write(data)
+        except StoreError:
+            used.difference_update(claimed)
+            raise
+        used_list.extend(claimed)
         return codes
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         self.issue(kind, count)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        with self._locked():
+        with self._file_locked(self._process.get().file_lock):
             data = self._read()
         result = {}
         for kind in KINDS:
@@ -91,35 +150,27 @@ class JsonFileStore:
         return result
 
     @contextmanager
-    def _locked(self):
-        self._ensure_process_state()
-        deadline = time.monotonic() + self.lock_timeout
-        if not self._thread_lock.acquire(timeout=self.lock_timeout):
-            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
+    def _file_locked(self, file_lock: filelock.FileLock) -> Iterator[None]:
         try:
-            try:
-                self._file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
-            except filelock.Timeout:
-                raise StoreBusyError(f"The {self.label} store is locked by another process; retry shortly.") from None
-            except OSError as err:
-                raise StoreUnavailableError(f"Cannot lock the {self.label} store: {err.strerror}.") from err
-            try:
-                yield
-            finally:
-                self._file_lock.release()
+            file_lock.acquire(timeout=self.lock_timeout)
+        except filelock.Timeout:
+            raise StoreBusyError(f"The {self.label} store is locked by another process; retry shortly.") from None
+        except OSError as err:
+            raise StoreUnavailableError(f"Cannot lock the {self.label} store: {err.strerror}.") from err
+        try:
+            yield
         finally:
-            self._thread_lock.release()
+            file_lock.release()
 
-    def _ensure_process_state(self) -> None:
-        # A lock inherited across fork may be held by a thread that does not exist in this process.
-        if self._pid != os.getpid():
-            self._thread_lock = threading.Lock()
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise StoreUnavailableError(f"Cannot create the {self.label} folder: {err.strerror}.") from err
-            self._file_lock = filelock.FileLock(str(self.path) + ".lock", thread_local=False)
-            self._pid = os.getpid()
+    def _process_state(self) -> _ProcessState:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreUnavailableError(f"Cannot create the {self.label} folder: {err.strerror}.") from err
+        # Not thread-local: threads take turns through the thread lock; the file lock is held per process.
+        # A short poll keeps a waiting process from starving while another serves back-to-back batches.
+        file_lock = filelock.FileLock(str(self.path) + ".lock", thread_local=False, poll_interval=0.002)
+        return _ProcessState(file_lock)
 
     def _read(self) -> dict[str, Any]:
         try:

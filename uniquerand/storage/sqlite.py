@@ -17,6 +17,7 @@ from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.storage.base import (
+    PerProcess,
     StoreBusyError,
     StoreCorruptError,
     StoreError,
@@ -80,13 +81,11 @@ class SqliteStore:
         self.label = label
         self.max_attempts = max_attempts
         self.lock_timeout = lock_timeout
-        self._pid: int | None = None
-        self._local = threading.local()
-        self._committer: GroupCommitter | None = None
-        self._committer_lock = threading.Lock()
+        self._readers = PerProcess(threading.local)
+        self._committer = PerProcess(self._new_committer)
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
-        return self._group_committer().submit(lambda connection: self._claim(connection, kind, count))
+        return self._committer.get().submit(lambda connection: self._claim(connection, kind, count))
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         for start in range(0, count, PREFILL_CHUNK):
@@ -128,32 +127,20 @@ class SqliteStore:
         query = f"SELECT COUNT(*) FROM issued_{kind} WHERE code BETWEEN ? AND ?"
         return connection.execute(query, (space.low, space.high)).fetchone()[0]
 
-    def _ensure_process_state(self) -> None:
-        # Connections, threads and locks never cross a fork: a child builds its own.
-        if self._pid != os.getpid():
-            self._local = threading.local()
-            self._committer = None
-            self._committer_lock = threading.Lock()
-            self._pid = os.getpid()
-
-    def _group_committer(self) -> GroupCommitter:
-        self._ensure_process_state()
-        with self._committer_lock:
-            if self._committer is None:
-                self._committer = GroupCommitter(
-                    self._open,
-                    self.path.with_name(FILE_NAME + ".lock"),
-                    lambda err: store_error(err, self.label),
-                    wait_timeout=self.lock_timeout,
-                    timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
-                )
-            return self._committer
+    def _new_committer(self) -> GroupCommitter:
+        return GroupCommitter(
+            self._open,
+            self.path.with_name(FILE_NAME + ".lock"),
+            lambda err: store_error(err, self.label),
+            wait_timeout=self.lock_timeout,
+            timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
+        )
 
     def _reader(self) -> sqlite3.Connection:
-        self._ensure_process_state()
-        connection = getattr(self._local, "connection", None)
+        local = self._readers.get()
+        connection = getattr(local, "connection", None)
         if connection is None:
-            connection = self._local.connection = self._open()
+            connection = local.connection = self._open()
         return connection
 
     def _open(self) -> sqlite3.Connection:
