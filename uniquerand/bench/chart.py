@@ -13,8 +13,11 @@ def draw_chart(path: Path, rows: list[Row], title: str) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
+    from matplotlib.ticker import FuncFormatter
 
     figure, axes = pyplot.subplots(figsize=(10, 6), dpi=110)
+    # Up to 20 lines (5 stages x 2 types, singles and batches) each need their own colour.
+    axes.set_prop_cycle(color=pyplot.get_cmap("tab20").colors)
     series: dict[str, list[Row]] = {}
     for row in rows:
         if row.stage != "healthz":
@@ -29,8 +32,13 @@ def draw_chart(path: Path, rows: list[Row], title: str) -> None:
     if healthz:
         axes.plot([row.prefill for row in healthz], [row.ok_per_s for row in healthz], ":", color="grey",
                   marker="s", label="/healthz (requests/s)")  # fmt: skip
-    axes.set_xscale("symlog", linthresh=1000)
+    levels = sorted({row.prefill for row in rows})
+    # symlog keeps the 0 level on a log axis; the linear part ends below the smallest real level.
+    axes.set_xscale("symlog", linthresh=min([level for level in levels if level] or [1000]))
+    axes.set_xticks(levels, [_short(level) for level in levels])
+    axes.minorticks_off()
     axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     axes.set_xlabel("numbers already issued per stage and type (prefill)")
     axes.set_ylabel("numbers served per second (log)")
     axes.set_title(title, fontsize=10)
@@ -40,3 +48,10 @@ def draw_chart(path: Path, rows: list[Row], title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     pyplot.close(figure)
+
+
+def _short(level: int) -> str:
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if level >= size and level % (size // 10) == 0:
+            return f"{level / size:g}{suffix}"
+    return f"{level:,}"

@@ -55,8 +55,11 @@ def _line(cells: list[str]) -> str:
 
 def table(rows: list[Row]) -> str:
     lines = []
-    for level in sorted({row.prefill for row in rows}):
-        lines += ["", f"numbers already issued per stage and type: {level:,}", _line([c[0] for c in COLUMNS])]
+    for level in sorted({row.prefill for row in rows}, key=lambda level: level or 0):
+        heading = (
+            "a running server (--url)" if level is None else f"numbers already issued per stage and type: {level:,}"
+        )
+        lines += ["", heading, _line([c[0] for c in COLUMNS])]
         lines += [_line(_cells(row)) for row in rows if row.prefill == level]
     return "\n".join(lines)
 

@@ -153,7 +153,7 @@ class GunicornServer(Server):
                     os.kill(pid, signal.SIGKILL)
 
 
-def wait_until_idle(server: Server, timeout: float, quiet_cpu: float = 0.05, interval: float = 0.25) -> float | None:
+def wait_until_idle(server: Server, timeout: float, quiet_cpu: float = 0.05, interval: float = 0.2) -> float | None:
     """Waits until no connection to the server is open or owed an answer and its workers' CPU is quiet
     twice in a row: requests queued by the last row must not be measured in the next one.
 
