@@ -13,6 +13,7 @@ from array import array
 from pathlib import Path
 
 from uniquerand.bench.load import LoadResult, children_cpu_seconds
+from uniquerand.bench.server import BenchError
 
 
 class _Connection:
@@ -149,7 +150,7 @@ def run_python(port: int, path: str, concurrency: int, duration: int, timeout: f
     elapsed = time.perf_counter() - started
     failed = [worker.exitcode for worker in workers if worker.exitcode != 0]
     if failed:
-        raise RuntimeError(f"Python load processes exited with {failed}.")
+        raise BenchError(f"Python load processes exited with {failed}.")
     latencies: list[float] = []
     errors = 0
     for i in range(processes):

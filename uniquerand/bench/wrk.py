@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from uniquerand.bench.load import LoadResult, children_cpu_seconds
+from uniquerand.bench.server import BenchError
 
 LUA_SCRIPT = r"""
 local counter = 0
@@ -57,8 +58,11 @@ def run_wrk(
     cpu = children_cpu_seconds() - cpu_before
     summary_path = bodies_dir / "summary.json"
     if process.returncode != 0 or not summary_path.exists():
-        raise RuntimeError(f"wrk failed ({process.returncode}): {output.decode(errors='replace')[-2000:]}")
+        raise BenchError(f"wrk failed ({process.returncode}): {output.decode(errors='replace')[-2000:]}")
     summary = json.loads(summary_path.read_text())
+    if summary["duration_us"] < 0.9 * duration * 1e6:
+        # wrk ends early and cleanly on SIGINT: a cut row must not pass for a measurement.
+        raise BenchError(f"wrk stopped after {summary['duration_us'] / 1e6:.1f}s of {duration}s.")
     return LoadResult(
         generator="wrk",
         duration=summary["duration_us"] / 1e6,
