@@ -16,18 +16,23 @@ def draw_chart(path: Path, rows: list[Row], title: str) -> None:
     from matplotlib.ticker import FuncFormatter
 
     figure, axes = pyplot.subplots(figsize=(10, 6), dpi=110)
-    # Up to 20 lines (5 stages x 2 types, singles and batches) each need their own colour.
-    axes.set_prop_cycle(color=pyplot.get_cmap("tab20").colors)
+    # One colour pair per stage (dark int, light float); batches dashed in the same colour.
+    palette = pyplot.get_cmap("tab20").colors
+    stage_order: list[str] = []
     series: dict[str, list[Row]] = {}
-    for row in rows:
+    # Legend grouped by stage: singles then batches, int before float.
+    for row in sorted(rows, key=lambda row: (row.stage, row.count or 0, row.type != "int")):
         if row.stage != "healthz":
             series.setdefault(row.label, []).append(row)
     for label, points in series.items():
         points.sort(key=lambda row: row.prefill)
-        style = "--" if points[0].count else "-"
+        first = points[0]
+        if first.stage not in stage_order:
+            stage_order.append(first.stage)
+        colour = palette[(2 * stage_order.index(first.stage) + (first.type == "float")) % len(palette)]
         xs = [row.prefill for row in points]
         ys = [max(row.numbers_per_s, 0.1) for row in points]
-        axes.plot(xs, ys, style, marker="o", label=label)
+        axes.plot(xs, ys, "--" if first.count else "-", color=colour, marker="o", label=label)
     healthz = sorted((row for row in rows if row.stage == "healthz"), key=lambda row: row.prefill)
     if healthz:
         axes.plot([row.prefill for row in healthz], [row.ok_per_s for row in healthz], ":", color="grey",
