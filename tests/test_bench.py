@@ -1,0 +1,113 @@
+"""`flask bench` end to end: a second per row against real gunicorn, JSON rows checked, never timings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from uniquerand.bench.results import Ledger
+from uniquerand.stages import STAGES
+
+SMALL = ["--duration", "1", "--concurrency", "4", "--workers", "2", "--threads", "2"]
+
+
+def bench(runner, tmp_path: Path, *args: str) -> tuple[object, dict]:
+    output = tmp_path / "results"
+    result = runner.invoke(args=["bench", *SMALL, "--output", str(output), *args])
+    documents = sorted(output.glob("bench-*.json"))
+    return result, json.loads(documents[-1].read_text()) if documents else {}
+
+
+def assert_sane(row: dict) -> None:
+    assert row["duplicates"] == 0
+    assert row["bad_bodies"] == 0
+    assert set(row["statuses"]) == {"200"}, row
+    assert row["requests"] > 0 and row["requests_per_s"] > 0
+    assert row["ratio_to_healthz"] > 0
+    latency = row["latency_ms"]
+    assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert row["client_cpu_percent"] >= 0 and row["server_cpu_percent"] >= 0
+    if row["stage"] != "healthz":
+        assert row["numbers"] == row["requests"] * (row["count"] or 1)
+
+
+def test_bench_measures_every_stage_after_a_prefill(runner, tmp_path):
+    result, document = bench(runner, tmp_path, "--prefill", "20", "--types", "int", "--count", "3")
+
+    assert result.exit_code == 0, result.output
+    rows = document["rows"]
+    assert document["settings"]["generator"] == ("wrk" if shutil.which("wrk") else "python")
+    labels = [row["label"] for row in rows]
+    assert labels[0] == "/healthz" and rows[0]["ratio_to_healthz"] == 1.0
+    assert {f"/{stage.name} int" for stage in STAGES} <= set(labels)
+    assert "/v3 int x3" in labels and "/v1 int x3" not in labels  # /v1 takes no count
+    for row in rows:
+        assert row["prefill"] == 20
+        assert row["worker_peak_mib_max"] > 0 and row["worker_peak_mib_sum"] >= row["worker_peak_mib_max"]
+        assert_sane(row)
+    assert (tmp_path / "results" / Path(result.output.split("chart: ")[1].strip()).name).read_bytes()[:4] == b"\x89PNG"
+    assert "numbers already issued per stage and type: 20" in result.output
+
+
+def test_bench_python_client(runner, tmp_path):
+    result, document = bench(
+        runner, tmp_path, "--client", "python", "--stages", "v3", "--types", "float", "--count", "2", "--no-chart"
+    )
+
+    assert result.exit_code == 0, result.output
+    assert document["settings"]["generator"] == "python"
+    assert [row["label"] for row in document["rows"]] == ["/healthz", "/v3 float", "/v3 float x2"]
+    for row in document["rows"]:
+        assert_sane(row)
+
+
+def test_bench_measures_a_running_server_given_by_url(runner, tmp_path, make_server):
+    server = make_server(workers=2, threads=2)
+
+    result, document = bench(
+        runner,
+        tmp_path,
+        "--url",
+        f"http://localhost:{server.port}",
+        "--client",
+        "python",
+        "--stages",
+        "v3",
+        "--types",
+        "int",
+        "--no-chart",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert document["settings"]["servers"][0]["workers"] == 2  # found through the listening socket
+    for row in document["rows"]:
+        assert row["prefill"] is None
+        assert row["worker_peak_mib_max"] > 0
+        assert_sane(row)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--url", "http://example.com:8000"], "127.0.0.1"),
+        (["--url", "http://127.0.0.1:1", "--prefill", "10"], "--prefill"),
+        (["--stages", "v0"], "Unknown stage"),
+    ],
+)
+def test_bench_refuses_what_it_cannot_do(runner, tmp_path, args, message):
+    result, _ = bench(runner, tmp_path, "--client", "python", *args)
+
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_ledger_counts_a_number_seen_twice_within_and_across_rows():
+    ledger = Ledger()
+
+    assert ledger.record(("v3", "int"), [1, 2, 3]) == 0
+    assert ledger.record(("v3", "int"), [4, 4, 5]) == 1
+    assert ledger.record(("v3", "int"), [1, 6]) == 1
+    assert ledger.record(("v3", "float"), [1.0, 2.5]) == 0

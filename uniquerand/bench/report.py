@@ -1,0 +1,70 @@
+"""The results as a text table for the terminal and as a JSON document."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from uniquerand.bench.results import Row
+
+COLUMNS = (
+    ("row", 18, "<"),
+    ("req/s", 8, ">"),
+    ("numbers/s", 10, ">"),
+    ("ratio", 6, ">"),
+    ("p50 ms", 8, ">"),
+    ("p95 ms", 8, ">"),
+    ("p99 ms", 8, ">"),
+    ("statuses", 16, "<"),
+    ("dup", 4, ">"),
+    ("mem MiB max/sum", 15, ">"),
+    ("srv cpu%", 8, ">"),
+    ("cli cpu%", 8, ">"),
+)
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _cells(row: Row) -> list[str]:
+    memory = "-" if row.worker_peak_mib_max is None else f"{row.worker_peak_mib_max:.0f}/{row.worker_peak_mib_sum:.0f}"
+    statuses = " ".join(f"{status}:{n}" for status, n in row.statuses.items()) or "none"
+    if row.socket_errors:
+        statuses += " err:" + str(sum(row.socket_errors.values()))
+    return [
+        row.label,
+        _number(row.requests_per_s),
+        "-" if row.stage == "healthz" else _number(row.numbers_per_s),
+        _number(row.ratio_to_healthz, 2),
+        _number(row.latency_ms.get("p50"), 1),
+        _number(row.latency_ms.get("p95"), 1),
+        _number(row.latency_ms.get("p99"), 1),
+        statuses,
+        str(row.duplicates),
+        memory,
+        _number(row.server_cpu_percent),
+        _number(row.client_cpu_percent),
+    ]
+
+
+def _line(cells: list[str]) -> str:
+    return "  ".join(f"{cell:{align}{width}}" for cell, (_, width, align) in zip(cells, COLUMNS, strict=True))
+
+
+def table(rows: list[Row]) -> str:
+    lines = []
+    for level in sorted({row.prefill for row in rows}, key=lambda level: level or 0):
+        heading = (
+            "a running server (--url)" if level is None else f"numbers already issued per stage and type: {level:,}"
+        )
+        lines += ["", heading, _line([c[0] for c in COLUMNS])]
+        lines += [_line(_cells(row)) for row in rows if row.prefill == level]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, settings: dict, rows: list[Row]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"settings": settings, "rows": [asdict(row) for row in rows]}
+    path.write_text(json.dumps(document, indent=2) + "\n")

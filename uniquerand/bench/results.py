@@ -1,0 +1,109 @@
+"""One row of the table from one load run: rates, latency, statuses, duplicates and the servers' footprint."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from uniquerand.bench.load import LoadResult, numbers_in, recorded_responses
+from uniquerand.bench.targets import Target
+
+
+class Ledger:
+    """Every number seen per (stage, type) across the rows of one prefill level: a number seen twice is a
+    duplicate, whichever rows it came from."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], set] = {}
+
+    def record(self, ledger: tuple[str, str], numbers: list) -> int:
+        """Records the numbers; returns how many of them had been seen before (within the list too)."""
+        seen = self._seen.setdefault(ledger, set())
+        before = len(seen)
+        seen.update(numbers)
+        return len(numbers) - (len(seen) - before)
+
+
+@dataclass
+class Row:
+    prefill: int | None  # numbers already issued per stage and type; None for a server given by --url
+    label: str
+    stage: str
+    type: str | None
+    count: int | None
+    path: str
+    generator: str
+    duration_s: float
+    requests: int
+    requests_per_s: float
+    ok_per_s: float
+    numbers: int
+    numbers_per_s: float
+    ratio_to_healthz: float | None
+    latency_ms: dict[str, float | None]
+    statuses: dict[str, int]
+    socket_errors: dict[str, int]
+    bad_bodies: int
+    duplicates: int
+    worker_peak_mib_max: float | None
+    worker_peak_mib_sum: float | None
+    server_cpu_percent: float
+    client_cpu_percent: float
+    idle_wait_s: float | None
+
+
+def build_row(
+    prefill: int | None,
+    target: Target,
+    load: LoadResult,
+    ledger: Ledger,
+    healthz_ok_per_s: float | None,
+    worker_peaks_kib: list[int],
+    server_cpu_seconds: float,
+    idle_wait_s: float | None,
+) -> Row:
+    statuses: Counter = Counter()
+    numbers: list = []
+    bad = 0
+    for status, body in recorded_responses(load.bodies_dir):
+        statuses[status] += 1
+        if target.ledger is None or not 200 <= status < 300:
+            continue
+        found = numbers_in(body)
+        if found is None:
+            bad += 1
+        else:
+            numbers.extend(found)
+    duplicates = ledger.record(target.ledger, numbers) if target.ledger else 0
+    duration = load.duration or 1e-9
+    requests = sum(statuses.values())
+    ok = sum(n for status, n in statuses.items() if 200 <= status < 300)
+    ok_per_s = ok / duration
+    if target.ledger is None:
+        healthz_ok_per_s = ok_per_s  # the baseline is its own reference: ratio 1
+    return Row(
+        prefill=prefill,
+        label=target.label,
+        stage=target.stage,
+        type=target.kind,
+        count=target.count,
+        path=target.path,
+        generator=load.generator,
+        duration_s=round(duration, 3),
+        requests=requests,
+        requests_per_s=round(requests / duration, 1),
+        ok_per_s=round(ok_per_s, 1),
+        numbers=len(numbers),
+        numbers_per_s=round(len(numbers) / duration, 1),
+        ratio_to_healthz=round(ok_per_s / healthz_ok_per_s, 3) if healthz_ok_per_s else None,
+        latency_ms={key: None if value is None else round(value, 2) for key, value in load.latency_ms.items()},
+        statuses={str(status): n for status, n in sorted(statuses.items())},
+        socket_errors=load.socket_errors,
+        bad_bodies=bad,
+        duplicates=duplicates,
+        worker_peak_mib_max=round(max(worker_peaks_kib) / 1024, 1) if worker_peaks_kib else None,
+        worker_peak_mib_sum=round(sum(worker_peaks_kib) / 1024, 1) if worker_peaks_kib else None,
+        server_cpu_percent=round(100 * server_cpu_seconds / duration, 1),
+        client_cpu_percent=round(100 * load.client_cpu_seconds / duration, 1),
+        idle_wait_s=None if idle_wait_s is None else round(idle_wait_s, 2),
+    )

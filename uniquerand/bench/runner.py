@@ -1,0 +1,190 @@
+"""Runs the whole comparison: per prefill level a fresh instance folder and server, then one closed-loop
+load per row, waiting for the server to go idle between rows; stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from uniquerand.bench import procfs
+from uniquerand.bench.chart import draw_chart
+from uniquerand.bench.load import LoadResult, wrk_path
+from uniquerand.bench.prefill import prefill_instance
+from uniquerand.bench.pyclient import run_python
+from uniquerand.bench.report import write_json
+from uniquerand.bench.results import Ledger, Row, build_row
+from uniquerand.bench.server import BenchError, ExternalServer, GunicornServer, Server, wait_until_idle
+from uniquerand.bench.targets import HEALTHZ, Target, plan
+from uniquerand.bench.wrk import run_wrk
+
+Say = Callable[..., None]  # say(message, fg=None): progress for the terminal
+
+
+@dataclass
+class BenchOptions:
+    url: str | None = None
+    workers: int | None = None
+    threads: int | None = None
+    prefills: tuple[int, ...] = (0,)
+    stages: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ("int", "float")
+    count: int | None = None
+    concurrency: int = 32
+    duration: int = 10
+    client: str = "auto"  # auto, wrk or python
+    request_timeout: float = 30.0
+    idle_timeout: float = 120.0
+    output: Path = Path("bench-results")
+    chart: bool = True
+
+
+@dataclass
+class BenchOutcome:
+    rows: list[Row]
+    json_path: Path
+    chart_path: Path | None
+    duplicates: int
+    warnings: list[str]
+
+
+def choose_generator(client: str) -> tuple[str, str | None]:
+    """("wrk", its path) where wrk is wanted and installed, else ("python", None)."""
+    executable = wrk_path()
+    if client == "wrk" and executable is None:
+        raise BenchError("--client wrk: wrk is not installed (Debian: apt-get install wrk).")
+    if client in ("auto", "wrk") and executable:
+        return "wrk", executable
+    return "python", None
+
+
+def run_bench(options: BenchOptions, say: Say) -> BenchOutcome:
+    if options.url and options.prefills != (0,):
+        raise BenchError("--prefill needs the bench's own server (an instance folder it owns); drop --url.")
+    generator, executable = choose_generator(options.client)
+    cpus = os.cpu_count() or 1
+    say(
+        f"load generator: {generator} on the same {cpus}-core machine as the server; it competes with the "
+        "server for CPU, so its own use is reported (cli cpu%, 100 = one core).",
+        fg="yellow",
+    )
+    rows: list[Row] = []
+    warnings: list[str] = []
+    servers: list[dict] = []
+    levels: list[int | None] = [None] if options.url else list(options.prefills)
+    for level in levels:
+        rows += _run_level(options, level, generator, executable, say, warnings, servers)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    settings = {
+        "started": stamp,
+        "machine": {"cpus": cpus, "python": platform.python_version(), "system": platform.platform()},
+        "generator": generator,
+        "servers": servers,
+        "options": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(options).items()},
+        "warnings": warnings,
+    }
+    json_path = options.output / f"bench-{stamp}.json"
+    write_json(json_path, settings, rows)
+    chart_path = None
+    if options.chart and any(row.prefill is not None for row in rows):
+        chart_path = json_path.with_suffix(".png")
+        title = f"uniquerand, {settings['servers'][0].get('workers')} workers, concurrency {options.concurrency}, "
+        title += f"{options.duration}s per row, {generator} on {cpus} cores ({stamp})"
+        draw_chart(chart_path, [row for row in rows if row.prefill is not None], title)
+    return BenchOutcome(rows, json_path, chart_path, sum(row.duplicates for row in rows), warnings)
+
+
+def _run_level(
+    options: BenchOptions,
+    level: int | None,
+    generator: str,
+    executable: str | None,
+    say: Say,
+    warnings: list[str],
+    servers: list[dict],
+) -> list[Row]:
+    workdir = Path(tempfile.mkdtemp(prefix="uniquerand-bench-"))
+    server: Server | None = None
+    try:
+        if options.url:
+            server = ExternalServer(options.url)
+        else:
+            instance = workdir / "instance"
+            if level:
+                say(f"prefilling a fresh instance folder to {level:,} numbers per stage and type")
+                prefill_instance(instance, level, list(options.stages), list(options.kinds), say)
+            server = GunicornServer(instance, options.workers, options.threads, workdir / "gunicorn.log")
+            say(f"starting gunicorn on 127.0.0.1:{server.port}")
+            server.start()
+        servers.append({"prefill": level, **server.description})
+        targets, probed = plan(server, list(options.stages), list(options.kinds), options.count)
+        ledger = Ledger()
+        for ledger_key, numbers in probed.items():
+            ledger.record(ledger_key, numbers)
+        rows: list[Row] = []
+        healthz_ok: float | None = None
+        for number, target in enumerate(targets, 1):
+            prefix = f"[{'-' if level is None else f'{level:,}'} {number}/{len(targets)}] {target.label}"
+            row = _run_row(options, level, target, server, generator, executable, ledger, healthz_ok, workdir)
+            if row.idle_wait_s is None:
+                warnings.append(f"{prefix}: the server was still busy after {options.idle_timeout:.0f}s")
+                say(f"{prefix}: server still busy after {options.idle_timeout:.0f}s; measured anyway", fg="yellow")
+            if target.stage == HEALTHZ:
+                healthz_ok = row.ok_per_s
+            say(_progress_line(prefix, row), fg="red" if row.duplicates else None)
+            rows.append(row)
+        return rows
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_row(
+    options: BenchOptions,
+    level: int | None,
+    target: Target,
+    server: Server,
+    generator: str,
+    executable: str | None,
+    ledger: Ledger,
+    healthz_ok: float | None,
+    workdir: Path,
+) -> Row:
+    idle = wait_until_idle(server, options.idle_timeout)
+    workers = server.worker_pids()
+    for pid in workers:
+        procfs.reset_peak_memory(pid)
+    cpu_before = procfs.cpu_seconds(workers)
+    bodies = workdir / "row"
+    try:
+        load = _load(options, target, server, generator, executable, bodies)
+        cpu = procfs.cpu_seconds(workers) - cpu_before
+        peaks = [kib for kib in map(procfs.peak_memory_kib, server.worker_pids()) if kib is not None]
+        return build_row(level, target, load, ledger, healthz_ok, peaks, cpu, idle)
+    finally:
+        shutil.rmtree(bodies, ignore_errors=True)
+
+
+def _load(
+    options: BenchOptions, target: Target, server: Server, generator: str, executable: str | None, bodies: Path
+) -> LoadResult:
+    if generator == "wrk":
+        url = f"http://127.0.0.1:{server.port}{target.path}"
+        threads = min(os.cpu_count() or 1, options.concurrency)
+        return run_wrk(executable, url, options.concurrency, options.duration, threads, options.request_timeout, bodies)
+    return run_python(server.port, target.path, options.concurrency, options.duration, options.request_timeout, bodies)
+
+
+def _progress_line(prefix: str, row: Row) -> str:
+    statuses = " ".join(f"{status}:{n}" for status, n in row.statuses.items())
+    return (
+        f"{prefix}: {row.requests_per_s:,.0f} req/s, {row.numbers_per_s:,.0f} numbers/s, "
+        f"p99 {row.latency_ms.get('p99') or 0:,.1f} ms, {statuses or 'no responses'}, "
+        f"{row.duplicates} duplicates, cli cpu {row.client_cpu_percent:.0f}%"
+    )

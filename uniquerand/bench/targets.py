@@ -1,0 +1,73 @@
+"""What to measure: /healthz, then every stage the server's index lists, per type, singles and batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from uniquerand.bench.server import BenchError, Server, get_json
+
+HEALTHZ = "healthz"
+
+
+@dataclass(frozen=True)
+class Target:
+    stage: str  # "healthz" for the baseline, else the stage's name ("v3")
+    kind: str | None  # "int" / "float"; None for the baseline
+    count: int | None  # numbers asked per request for a batch row, None for single numbers
+    path: str
+
+    @property
+    def label(self) -> str:
+        if self.stage == HEALTHZ:
+            return "/healthz"
+        batch = f" x{self.count}" if self.count else ""
+        return f"/{self.stage} {self.kind}{batch}"
+
+    @property
+    def ledger(self) -> tuple[str, str] | None:
+        """Numbers of rows with the same ledger must all differ from each other."""
+        return None if self.stage == HEALTHZ else (self.stage, self.kind)
+
+
+def listed_stages(server: Server) -> list[dict]:
+    """The stages in the server's JSON index (`GET /`), each with its prefix and links."""
+    status, index = get_json(server.port, "/")
+    if status != 200 or not isinstance(index, dict) or "stages" not in index:
+        raise BenchError(f"GET / answered {status} without a list of stages; is this uniquerand?")
+    return index["stages"]
+
+
+def accepts_count(server: Server, random_path: str, kind: str) -> tuple[bool, list]:
+    """Whether the stage answers `count=1` with a batch; also returns the number the probe was given,
+    which the caller records with the stage's others (it counts for duplicates)."""
+    status, body = get_json(server.port, f"{random_path}?type={kind}&count=1")
+    if status == 200 and isinstance(body, dict) and isinstance(body.get("numbers"), list):
+        return True, body["numbers"]
+    return False, [body["number"]] if status == 200 and isinstance(body, dict) and "number" in body else []
+
+
+def plan(
+    server: Server, stages: list[str] | None, kinds: list[str], count: int | None
+) -> tuple[list[Target], dict[tuple[str, str], list]]:
+    """The rows to run, in order, and the numbers the probes received per (stage, type)."""
+    listed = listed_stages(server)
+    names = [entry["prefix"].strip("/") for entry in listed]
+    if stages:
+        unknown = sorted(set(stages) - set(names))
+        if unknown:
+            raise BenchError(f"Unknown stage(s) {', '.join(unknown)}; the server lists {', '.join(names)}.")
+    targets = [Target(HEALTHZ, None, None, "/healthz")]
+    batches: list[Target] = []
+    probed: dict[tuple[str, str], list] = {}
+    for entry, name in zip(listed, names, strict=True):
+        if stages and name not in stages:
+            continue
+        random_path = entry["links"]["random"].split("?")[0]
+        for kind in kinds:
+            targets.append(Target(name, kind, None, f"{random_path}?type={kind}"))
+            if count:
+                batch, numbers = accepts_count(server, random_path, kind)
+                probed[(name, kind)] = numbers
+                if batch:
+                    batches.append(Target(name, kind, count, f"{random_path}?type={kind}&count={count}"))
+    return targets + batches, probed
