@@ -285,8 +285,7 @@ class LeasedCounterStore:
             start, stop = rows[0]
             process.leases[kind].leased += stop - start
             if not process.exit_hook:
-                this = weakref.ref(self)
-                atexit.register(lambda: (store := this()) and store._close_leases(process))
+                atexit.register(self._close_leases, process)
                 process.exit_hook = True
             return _Block(start, stop)
 
