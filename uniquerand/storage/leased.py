@@ -10,10 +10,8 @@ crash loses at most the unserved rest of the leased blocks: gaps, never duplicat
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 import weakref
@@ -26,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
-from uniquerand.permutation import KEY_BYTES, FeistelPermutation
+from uniquerand.permutation import FeistelPermutation
 from uniquerand.storage.base import (
     InsufficientRemainingError,
     SpaceExhaustedError,
@@ -36,6 +34,7 @@ from uniquerand.storage.base import (
     StoreKeyError,
     StoreUnavailableError,
 )
+from uniquerand.storage.keyfile import create_key, fingerprint, read_key
 from uniquerand.storage.sqlite import connect, store_error
 
 log = logging.getLogger(__name__)
@@ -171,7 +170,9 @@ class LeasedCounterStore:
                 self._top_up(process, kind, leases, count)
             ranges = leases.take(count)
             if leases.wants_prefetch():
-                leases.prefetch = self._executor(process).submit(self._lease, process, kind, 1, self.block_size)
+                # Fails only while the interpreter shuts down; the lease is then simply not taken early.
+                with suppress(RuntimeError):
+                    leases.prefetch = self._executor(process).submit(self._lease, process, kind, 1, self.block_size)
         low = self.spaces[kind].low
         # The permutation is pure, so it runs outside the lock.
         return [low + index for start, stop in ranges for index in permutation.many(start, stop - start)]
@@ -362,69 +363,29 @@ class LeasedCounterStore:
             return
         with self._database(process) as connection:
             leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
-            key = self._read_key()
+            key = read_key(self.key_path, self.label)
             if key is None:
                 if leased:
                     raise StoreKeyError(
                         f"The {self.label} store's key is missing but its counters have been used: a new key would "
                         "re-issue numbers. Restore the key file from where the counters came from."
                     )
-                key = self._create_key()
+                key = create_key(self.key_path, self.label)
             self._check_fingerprint(connection, key)
         process.key = key
 
-    def _read_key(self) -> bytes | None:
-        try:
-            key = self.key_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as err:
-            raise StoreKeyError(f"The {self.label} store's key cannot be read: {err.strerror}.") from err
-        if len(key) != KEY_BYTES:
-            raise StoreKeyError(
-                f"The {self.label} store's key file does not hold {KEY_BYTES} bytes; it was left as is."
-            )
-        return key
-
-    def _create_key(self) -> bytes:
-        """Publishes a new key atomically: of processes racing here, the first link wins and all read it."""
-        temporary = self.folder / f".{KEY_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            try:
-                os.fchmod(descriptor, 0o600)
-                os.write(descriptor, secrets.token_bytes(KEY_BYTES))
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            # Losing the race is fine: the winner's key is read below.
-            with suppress(FileExistsError):
-                os.link(temporary, self.key_path)
-            directory = os.open(self.folder, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-        finally:
-            temporary.unlink(missing_ok=True)
-        key = self._read_key()
-        if key is None:
-            raise StoreKeyError(f"The {self.label} store's key vanished while it was created.")
-        return key
-
     def _check_fingerprint(self, connection: sqlite3.Connection, key: bytes) -> None:
         """The database remembers a one-way fingerprint of its key; counters are only served with that key."""
-        fingerprint = hashlib.blake2b(key, digest_size=16, person=b"uniquerand-fp").digest()
         connection.execute("BEGIN IMMEDIATE")
         try:
             leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
             row = connection.execute("SELECT value FROM meta WHERE name = 'key_fingerprint'").fetchone()
-            if leased and (row is None or row[0] != fingerprint):
+            if leased and (row is None or row[0] != fingerprint(key)):
                 raise StoreKeyError(
                     f"The {self.label} store's key is not the one its counters were used with; it was left as is."
                 )
             connection.execute(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint,)
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint(key),)
             )
         except BaseException:
             connection.execute("ROLLBACK")
