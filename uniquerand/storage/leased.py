@@ -330,7 +330,13 @@ class LeasedCounterStore:
         connection = connect(self.path, self.lock_timeout)
         try:
             connection.executescript(SCHEMA)
-            self._check_spaces(connection)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_spaces(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
         except BaseException:
             connection.close()
             raise
