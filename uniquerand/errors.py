@@ -15,6 +15,7 @@ from uniquerand.storage.base import (
     StoreBusyError,
     StoreCorruptError,
     StoreError,
+    StoreKeyError,
     StoreUnavailableError,
 )
 
@@ -28,6 +29,7 @@ STORE_ERROR_RESPONSES: dict[type[StoreError], tuple[int, str, bool]] = {
     SpaceExhaustedError: (503, "space_exhausted", False),
     InsufficientRemainingError: (503, "insufficient_remaining", False),
     StoreCorruptError: (500, "store_corrupt", False),
+    StoreKeyError: (500, "store_key_invalid", False),
 }
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from flask import Blueprint
 
-from uniquerand.blueprints import v1, v2, v3
+from uniquerand.blueprints import v1, v2, v3, v5
 from uniquerand.numbers import NumberKind, NumberSpace
 from uniquerand.storage.json_file import JsonFileStore
+from uniquerand.storage.leased import LeasedCounterStore
 from uniquerand.storage.sqlite import SqliteStore
 
 StoreFactory = Callable[[Path, dict[NumberKind, NumberSpace], dict], object]
@@ -37,6 +38,12 @@ def _sqlite_store(folder: Path, spaces: dict[NumberKind, NumberSpace], config: d
     )
 
 
+def _leased_store(folder: Path, spaces: dict[NumberKind, NumberSpace], config: dict) -> LeasedCounterStore:
+    return LeasedCounterStore(
+        folder, spaces, label="v5", block_size=config["V5_BLOCK_SIZE"], lock_timeout=config["LOCK_TIMEOUT"]
+    )
+
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "v1",
@@ -58,5 +65,12 @@ STAGES: tuple[Stage, ...] = (
         "The SQLite stage: the PRIMARY KEY insert is the uniqueness check, WAL, synchronous=FULL.",
         "one SQLite database (numbers.db), a table per type",
         _sqlite_store,
+    ),
+    Stage(
+        "v5",
+        v5.bp,
+        "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory.",
+        "a key file (key, 0600) and one SQLite database (counters.db) of per-type counters",
+        _leased_store,
     ),
 )

@@ -32,6 +32,11 @@ class StoreCorruptError(StoreError):
     """The store's file cannot be read as what it should be; it was left untouched."""
 
 
+class StoreKeyError(StoreError):
+    """A store's secret key is missing, unreadable or not the one its records were made with; serving
+    with another key could re-issue numbers, so the store refuses and creates nothing."""
+
+
 class RetriesExhaustedError(StoreError):
     """No free number was found within the allowed attempts."""
 

@@ -1,0 +1,282 @@
+"""/v5 in one process and in real child processes: serving, batches, exhaustion, the key, stats."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO
+from uniquerand import create_app
+from uniquerand.config import ConfigError
+from uniquerand.storage.leased import LeasedCounterStore
+
+SMALL = {"INT_MIN": 1, "INT_MAX": 50, "V5_BLOCK_SIZE": 1000}
+
+
+def assert_json_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    assert response.json["code"] == code
+    assert response.json["error"]
+    return response.json
+
+
+def take(client, path: str, expected: int) -> list:
+    numbers = []
+    while len(numbers) < expected:
+        response = client.get(path)
+        assert response.status_code == 200, response.json
+        numbers.extend(response.json.get("numbers", [response.json.get("number")]))
+    return numbers
+
+
+def test_v5_serves_ints_and_floats_inside_their_spaces(client):
+    ints = take(client, "/v5/random", 20)
+    floats = take(client, "/v5/random?type=FLOAT", 20)
+
+    assert all(isinstance(n, int) and 0 <= n <= 4294967295 for n in ints)
+    assert all(isinstance(n, float) and 0 <= n < 100000000 for n in floats)
+    assert len(set(ints)) == len(set(floats)) == 20
+
+
+def test_v5_rejects_an_invalid_type(client):
+    body = assert_json_error(client.get("/v5/random?type=decimal"), 422, "invalid_parameter")
+
+    assert body["parameter"] == "type"
+
+
+def test_v5_serves_a_small_space_to_its_last_number_then_503(make_app):
+    client = make_app(**SMALL).test_client()
+
+    numbers = take(client, "/v5/random", 50)
+
+    assert sorted(numbers) == list(range(1, 51))
+    for _ in range(2):
+        response = client.get("/v5/random")
+        assert_json_error(response, 503, "space_exhausted")
+        assert "Retry-After" not in response.headers
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "1001", "abc", "2.5", ""])
+def test_v5_batch_rejects_a_bad_count(client, count):
+    body = assert_json_error(client.get(f"/v5/random?count={count}"), 422, "invalid_parameter")
+
+    assert body["parameter"] == "count"
+
+
+def test_v5_batch_rejects_a_repeated_count(client):
+    assert_json_error(client.get("/v5/random?count=1&count=2"), 422, "invalid_parameter")
+
+
+def test_v5_batch_larger_than_the_rest_is_refused_and_issues_nothing(make_app):
+    client = make_app(**SMALL).test_client()
+    first = client.get("/v5/random?count=40").json["numbers"]
+
+    body = assert_json_error(client.get("/v5/random?count=11"), 503, "insufficient_remaining")
+    rest = client.get("/v5/random?count=10").json["numbers"]
+
+    assert (body["requested"], body["remaining"]) == (11, 10)
+    assert sorted(first + rest) == list(range(1, 51))
+    assert_json_error(client.get("/v5/random?count=2"), 503, "insufficient_remaining")
+
+
+def test_v5_batches_larger_than_a_block_are_distinct(make_app):
+    client = make_app(INT_MIN=1, INT_MAX=3000, V5_BLOCK_SIZE=7).test_client()
+
+    numbers = [n for _ in range(3) for n in client.get("/v5/random?count=1000").json["numbers"]]
+
+    assert sorted(numbers) == list(range(1, 3001))
+
+
+def test_v5_key_file_is_private(app, client, instance_path):
+    client.get("/v5/random")
+
+    key = instance_path / "v5" / "key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(key.read_bytes()) == 32
+
+
+def test_v5_same_key_and_counter_same_numbers_other_key_other_numbers(tmp_path):
+    def batch(instance) -> list[int]:
+        app = create_app({"INSTANCE_PATH": str(instance), "TESTING": True})
+        return app.test_client().get("/v5/random?count=100").json["numbers"]
+
+    first = batch(tmp_path / "a")
+    # A copy of the folder is a backup: restoring it is the one way to re-issue numbers (see README).
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    from_original, from_copy = batch(tmp_path / "a"), batch(tmp_path / "copy")
+    other_key = batch(tmp_path / "b")
+
+    assert from_copy == from_original
+    assert not set(first) & set(from_original)
+    assert not set(other_key) & set(first)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda key: key.unlink(),
+        lambda key: key.write_bytes(os.urandom(32)),
+        lambda key: key.write_bytes(b"short"),
+    ],
+    ids=["missing", "replaced", "truncated"],
+)
+def test_v5_refuses_to_serve_without_its_key(make_app, instance_path, damage):
+    make_app().test_client().get("/v5/random")
+    key = instance_path / "v5" / "key"
+    damage(key)
+    after_damage = sorted(p.name for p in key.parent.iterdir())
+    client = make_app().test_client()
+
+    for path in ("/v5/random", "/v5/random?type=float", "/v5/random?count=5"):
+        body = assert_json_error(client.get(path), 500, "store_key_invalid")
+        assert "key" in body["error"]
+    assert sorted(p.name for p in key.parent.iterdir()) == after_damage
+    assert client.get("/v5/stats").json["types"]["int"]["counter"] == 1000
+
+
+def test_v5_refuses_to_serve_when_its_counters_are_gone(make_app, instance_path):
+    make_app().test_client().get("/v5/random")
+    for name in ("counters.db", "counters.db-wal", "counters.db-shm"):
+        (instance_path / "v5" / name).unlink(missing_ok=True)
+    client = make_app().test_client()
+
+    assert client.get("/v5/stats").json["types"]["int"]["counter"] == 0
+    assert_json_error(client.get("/v5/random"), 500, "store_key_invalid")
+    assert not (instance_path / "v5" / "counters.db").exists()
+
+
+def test_v5_refuses_a_counter_of_another_space(make_app):
+    make_app(INT_MIN=1, INT_MAX=100).test_client().get("/v5/random")
+    # Before anything of a type was leased its space may still change.
+    assert make_app(INT_MIN=1, INT_MAX=100, FLOAT_MAX=50).test_client().get("/v5/random?type=float").status_code == 200
+
+    response = make_app(INT_MIN=1, INT_MAX=101, FLOAT_MAX=50).test_client().get("/v5/random")
+
+    assert "INT_MIN/INT_MAX" in assert_json_error(response, 500, "store_corrupt")["error"]
+
+
+def test_v5_prefill_advances_the_counter_in_one_step(make_app):
+    app = make_app(**SMALL)
+    store = app.extensions["uniquerand"]["stores"]["v5"]
+
+    store.prefill("int", 45)
+    numbers = take(app.test_client(), "/v5/random", 5)
+
+    assert len(set(numbers)) == 5
+    assert_json_error(app.test_client().get("/v5/random"), 503, "space_exhausted")
+    stats = app.test_client().get("/v5/stats").json["types"]["int"]
+    assert stats["counter"] == 50
+    assert stats["remaining"] == 0
+
+
+def test_v5_stats_report_counter_served_and_remaining(make_app):
+    client = make_app(INT_MIN=1, INT_MAX=10_000, V5_BLOCK_SIZE=100).test_client()
+    take(client, "/v5/random", 3)
+
+    body = client.get("/v5/stats").json
+
+    assert body["stage"] == "v5"
+    ints = body["types"]["int"]
+    assert ints["counter"] == 100
+    assert ints["served_by_this_process"] == 3
+    assert ints["held_by_this_process"] == 97
+    assert ints["space_size"] == 10_000
+    assert ints["remaining"] == 10_000 - 3
+    assert ints["unaccounted"] == 100
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "lots", "1000001"])
+def test_v5_block_size_is_validated(make_app, value):
+    with pytest.raises(ConfigError, match="V5_BLOCK_SIZE"):
+        make_app(V5_BLOCK_SIZE=value)
+
+
+# Real processes: the key race, a clean exit's accounting, and a fork after leasing.
+
+
+def _spaces():
+    from uniquerand.numbers import NumberSpace
+
+    return {"int": NumberSpace("int", 1, 100_000), "float": NumberSpace("float", 0, 999, 3)}
+
+
+def start_and_report_key(folder: str, barrier, queue) -> None:
+    store = LeasedCounterStore(folder, _spaces(), label="v5", block_size=10, lock_timeout=10)
+    # Open the database first, so that the processes meet where the key is created.
+    with store._database(store._process):
+        pass
+    barrier.wait(timeout=20)
+    try:
+        numbers = store.issue("int", 5)
+    except Exception as err:
+        queue.put((repr(err), []))
+        raise
+    queue.put((hashlib.sha256(store._process.key).hexdigest(), numbers))
+
+
+def test_v5_processes_racing_at_first_start_share_one_key(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(4), context.Queue()
+    folder = tmp_path / "v5"
+    processes = [context.Process(target=start_and_report_key, args=(str(folder), barrier, queue)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    results = [queue.get(timeout=30) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+
+    keys = {key for key, _ in results}
+    assert keys == {hashlib.sha256((folder / "key").read_bytes()).hexdigest()}
+    numbers = [n for _, batch in results for n in batch]
+    assert len(set(numbers)) == 20
+    assert sorted(p.name for p in folder.iterdir() if "key" in p.name) == ["key"]
+
+
+SERVE_AND_EXIT = """
+import sys
+from uniquerand.numbers import NumberSpace
+from uniquerand.storage.leased import LeasedCounterStore
+spaces = {"int": NumberSpace("int", 1, 100_000), "float": NumberSpace("float", 0, 999, 3)}
+LeasedCounterStore(sys.argv[1], spaces, label="v5", block_size=100, lock_timeout=10).issue("int", 3)
+"""
+
+
+def test_v5_clean_exit_records_the_unserved_rest_as_skipped(tmp_path):
+    # A plain interpreter exit, as a gunicorn worker's: multiprocessing children skip atexit.
+    subprocess.run([sys.executable, "-c", SERVE_AND_EXIT, str(tmp_path / "v5")], cwd=REPO, check=True, timeout=30)
+
+    stats = LeasedCounterStore(tmp_path / "v5", _spaces(), label="v5", block_size=100, lock_timeout=10).stats()
+
+    assert stats["int"]["counter"] == 100
+    assert stats["int"]["skipped"] == 97
+    assert stats["int"]["unaccounted"] == 0
+
+
+def issue_into(store: LeasedCounterStore, queue) -> None:
+    queue.put(store.issue("int", 5))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_v5_forked_child_never_serves_its_parents_lease(tmp_path):
+    store = LeasedCounterStore(tmp_path / "v5", _spaces(), label="v5", block_size=100, lock_timeout=10)
+    store.issue("int", 1)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=issue_into, args=(store, queue))
+    child.start()
+    from_child = queue.get(timeout=30)
+    child.join(timeout=30)
+    assert child.exitcode == 0
+
+    from_parent = store.issue("int", 99)
+
+    assert not set(from_child) & set(from_parent)

@@ -1,0 +1,20 @@
+"""/v5: unique by construction. A keyed permutation of a counter leased in blocks; nothing to look up."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from uniquerand.blueprints.common import batch_count, numbers_response, stage, stats_response, strict_type
+
+bp = Blueprint("v5", __name__, url_prefix="/v5")
+
+
+@bp.get("/random")
+def random_number():
+    kind, count = strict_type(), batch_count()
+    return numbers_response(kind, stage("v5").issue(kind, count or 1), batch=count is not None)
+
+
+@bp.get("/stats")
+def stats():
+    return stats_response("v5")
