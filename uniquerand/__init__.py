@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from uniquerand import cli
+from uniquerand import cli, logs
 from uniquerand import config as settings
 from uniquerand.errors import register_error_handlers
 from uniquerand.numbers import spaces_from_config
@@ -24,6 +24,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.from_mapping(test_config)
     settings.validate(app.config)
+    logs.configure(app.config["LOG_LEVEL"])
 
     instance = Path(app.config["INSTANCE_PATH"])
     spaces = spaces_from_config(app.config)

@@ -22,6 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "LOCK_TIMEOUT": 5.0,
     # Seconds a client is told to wait in Retry-After.
     "RETRY_AFTER": 1,
+    # Level of the structured event log on stderr: DEBUG, INFO, WARNING or ERROR.
+    "LOG_LEVEL": "INFO",
     # Counter values /v5 leases per durable write; a crash skips at most the unserved rest of a lease.
     "V5_BLOCK_SIZE": 1000,
 }
@@ -103,4 +105,8 @@ def validate(config: dict) -> None:
     config["MAX_COUNT"] = _integer(config, "MAX_COUNT", 1, 1_000_000)
     config["LOCK_TIMEOUT"] = _positive_number(config, "LOCK_TIMEOUT")
     config["RETRY_AFTER"] = _integer(config, "RETRY_AFTER", 1, 3600)
+    level = str(config["LOG_LEVEL"]).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {config['LOG_LEVEL']!r}.")
+    config["LOG_LEVEL"] = level
     config["V5_BLOCK_SIZE"] = _integer(config, "V5_BLOCK_SIZE", 1, 1_000_000)

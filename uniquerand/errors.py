@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, UnprocessableEntity
 
+from uniquerand.logs import event
 from uniquerand.storage.base import (
     InsufficientRemainingError,
     RetriesExhaustedError,
@@ -62,7 +63,8 @@ def handle_store_error(error: StoreError):
     extra: dict[str, Any] = {"code": code}
     if isinstance(error, InsufficientRemainingError):
         extra.update(requested=error.requested, remaining=error.remaining)
-    log.log(logging.ERROR if status == 500 else logging.WARNING, "store error: %s", error)
+    level = logging.ERROR if status == 500 else logging.WARNING
+    event(log, "store_error", level, code=code, status=status, path=request.path, message=str(error))
     response = json_error(status, str(error), **extra)
     if retryable:
         response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER"])
@@ -70,7 +72,7 @@ def handle_store_error(error: StoreError):
 
 
 def handle_unexpected(error: Exception):
-    log.exception("unhandled error")
+    log.exception("unhandled_error", extra={"event": "unhandled_error", "fields": {"path": request.path}})
     return json_error(500, "Internal server error. The fault was logged.", code="internal_error")
 
 

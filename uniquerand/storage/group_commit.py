@@ -84,7 +84,7 @@ class GroupCommitter:
                 with self._process_lock():
                     self._commit(batch)
             except BaseException as err:  # the writer thread must survive anything
-                log.exception("group commit failed")
+                log.exception("group_commit_failed", extra={"event": "group_commit_failed", "fields": {}})
                 self._abandon_transaction()
                 for pending in batch:
                     pending.error = pending.error or self._translate(err)
