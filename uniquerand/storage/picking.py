@@ -25,15 +25,20 @@ def pick_unused(
     claim: Callable[[int], bool],
     count_used: Callable[[], int],
     used_ascending: Callable[[], Iterable[int]],
+    claim_many: Callable[[list[int]], list[int]] | None = None,
 ) -> list[int]:
     """Claims `count` free codes of `space` and returns them.
 
     `claim(code)` records the code and says whether it was free; `count_used()` counts the used codes
     inside the space and `used_ascending()` yields them in ascending order (both include this call's
-    claims). Raises when the space runs out, in which case the caller must discard every claim.
+    claims). `claim_many(codes)`, where a store has it, claims distinct codes at once and returns those
+    that were free: batches then take one round trip per round of draws. Raises when the space runs out,
+    in which case the caller must discard every claim.
     """
     picked: list[int] = []
-    for _ in range(count):
+    if claim_many is not None and count > 1:
+        picked = _draw_many_free(space, count, max_attempts, claim_many)
+    for _ in range(count - len(picked)):
         code = _draw_free(space, max_attempts, claim)
         if code is None:
             remaining = space.size - count_used()
@@ -45,6 +50,20 @@ def pick_unused(
             if not claim(code):
                 raise RetriesExhaustedError("Could not generate a unique number after multiple attempts.")
         picked.append(code)
+    return picked
+
+
+def _draw_many_free(
+    space: NumberSpace, count: int, max_attempts: int, claim_many: Callable[[list[int]], list[int]]
+) -> list[int]:
+    picked: list[int] = []
+    for _ in range(max_attempts):
+        # A dict keeps the draw order (a set of ints would come out nearly sorted).
+        candidates = list(dict.fromkeys(space.draw() for _ in range(count - len(picked))))
+        claimed = claim_many(candidates)
+        picked.extend(claimed)
+        if len(picked) == count or not claimed:
+            break
     return picked
 
 

@@ -9,6 +9,7 @@ A file that is not a database is never touched: the store fails closed.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -110,6 +111,10 @@ class SqliteStore:
         def claim(code: int) -> bool:
             return connection.execute(f"INSERT OR IGNORE INTO {table} (code) VALUES (?)", (code,)).rowcount == 1
 
+        def claim_many(codes: list[int]) -> list[int]:
+            query = f"INSERT OR IGNORE INTO {table} (code) SELECT value FROM json_each(?) RETURNING code"
+            return [code for (code,) in connection.execute(query, (json.dumps(codes),)).fetchall()]
+
         def used_ascending() -> Iterator[int]:
             cursor = connection.execute(f"SELECT code FROM {table} WHERE code >= ? ORDER BY code", (space.low,))
             try:
@@ -119,7 +124,13 @@ class SqliteStore:
                 cursor.close()
 
         return pick_unused(
-            space, count, self.max_attempts, claim, lambda: self._count(connection, kind), used_ascending
+            space,
+            count,
+            self.max_attempts,
+            claim,
+            lambda: self._count(connection, kind),
+            used_ascending,
+            claim_many,
         )
 
     def _count(self, connection: sqlite3.Connection, kind: NumberKind) -> int:
