@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 
+from uniquerand import cli
 from uniquerand import config as settings
 from uniquerand.errors import register_error_handlers
 from uniquerand.numbers import spaces_from_config
@@ -37,6 +38,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(index.bp)
     for stage in STAGES:
         app.register_blueprint(stage.blueprint)
+    cli.register(app)
     return app
 
 

@@ -22,6 +22,10 @@ DEFAULTS: dict[str, Any] = {
     "LOCK_TIMEOUT": 5.0,
     # Seconds a client is told to wait in Retry-After.
     "RETRY_AFTER": 1,
+    # /v4: available numbers each shard is filled up to, and the low-water mark below which a shard is
+    # refilled in the background (None: half the shard size).
+    "V4_SHARD_SIZE": 10000,
+    "V4_REFILL_AT": None,
 }
 
 
@@ -101,3 +105,15 @@ def validate(config: dict) -> None:
     config["MAX_COUNT"] = _integer(config, "MAX_COUNT", 1, 1_000_000)
     config["LOCK_TIMEOUT"] = _positive_number(config, "LOCK_TIMEOUT")
     config["RETRY_AFTER"] = _integer(config, "RETRY_AFTER", 1, 3600)
+    _validate_v4(config)
+
+
+def _validate_v4(config: dict) -> None:
+    size = config["V4_SHARD_SIZE"] = _integer(config, "V4_SHARD_SIZE", 1, 100_000_000)
+    if config["V4_REFILL_AT"] is None or config["V4_REFILL_AT"] == "":
+        config["V4_REFILL_AT"] = size // 2
+    else:
+        config["V4_REFILL_AT"] = _integer(config, "V4_REFILL_AT", 0, size)
+    if size < config["MAX_COUNT"]:
+        # A batch is claimed from the shards' content; shards smaller than a batch could never serve it.
+        raise ConfigError(f"V4_SHARD_SIZE ({size}) must be at least MAX_COUNT ({config['MAX_COUNT']}).")

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, UnprocessableEntity
 from uniquerand.storage.base import (
     InsufficientRemainingError,
     RetriesExhaustedError,
+    ShardsEmptyError,
     SpaceExhaustedError,
     StoreBusyError,
     StoreCorruptError,
@@ -28,6 +29,7 @@ STORE_ERROR_RESPONSES: dict[type[StoreError], tuple[int, str, bool]] = {
     SpaceExhaustedError: (503, "space_exhausted", False),
     InsufficientRemainingError: (503, "insufficient_remaining", False),
     StoreCorruptError: (500, "store_corrupt", False),
+    ShardsEmptyError: (503, "shards_empty", True),
 }
 
 
