@@ -71,8 +71,13 @@ def shard_names(kind: NumberKind) -> list[str]:
     return [f"{kind}_shard_{index}.db" for index in range(SHARDS_PER_KIND)]
 
 
+def ledger_name(kind: NumberKind) -> str:
+    return f"used_numbers_{kind}.db"
+
+
 def _kind_of(name: str) -> NumberKind:
-    return "int" if name.startswith("int_") else "float"
+    """The kind of a shard or ledger file name."""
+    return "int" if name.startswith(("int_", ledger_name("int"))) else "float"
 
 
 @dataclass
@@ -243,6 +248,9 @@ class ShardedSqliteStore:
                     added += len(codes)
                     if progress:
                         progress(name, available, target)
+                    if available >= target:
+                        # Claims that ran meanwhile found this refill running and did not schedule another.
+                        available = self._available(connection)
                 if added:
                     self._record_refill(connection, added, time.monotonic() - started)
             return FillReport(name, added, available)
@@ -280,7 +288,7 @@ class ShardedSqliteStore:
         """Up to `wanted` codes newly recorded in the ledger (committed before returning), fewer only when
         the space runs out. Codes are in the order they were drawn."""
         space = self.spaces[kind]
-        connection = self._connection(f"used_numbers_{kind}.db")
+        connection = self._connection(ledger_name(kind))
         with _transaction(connection):
             recorded = self._ledger_count(kind, connection)
             wanted = min(wanted, space.size - recorded)
@@ -393,7 +401,7 @@ class ShardedSqliteStore:
 
     def _ledger_count(self, kind: NumberKind, connection: sqlite3.Connection | None = None) -> int:
         """Ledger codes inside the space, kept in `meta` by every reservation (a COUNT would scan the ledger)."""
-        connection = connection or self._connection(f"used_numbers_{kind}.db")
+        connection = connection or self._connection(ledger_name(kind))
         return connection.execute("SELECT value FROM meta WHERE key = 'count'").fetchone()[0]
 
     def _state(self) -> _ProcessState:
@@ -417,12 +425,12 @@ class ShardedSqliteStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         connection = connect(self.folder / name, self.lock_timeout)
         try:
-            if name.startswith("used_numbers_"):
+            if name == ledger_name(_kind_of(name)):
                 # Refills insert random keys all over the ledger's B-tree: keep more of it in memory.
                 connection.execute("PRAGMA cache_size = -65536")
                 connection.executescript(LEDGER_SCHEMA)
                 self._check_meta(connection, name, "float_decimals", self.spaces["float"].decimals)
-                self._count_ledger_in_range(connection, _kind_of(name.removeprefix("used_numbers_")))
+                self._count_ledger_in_range(connection, _kind_of(name))
             else:
                 connection.executescript(SHARD_SCHEMA)
                 self._check_meta(connection, name, "float_decimals", self.spaces["float"].decimals)
