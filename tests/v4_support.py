@@ -71,4 +71,4 @@ def refill_shards(instance: str, settings: dict, names: list[str], target: int) 
 
 def refill_forever(instance: str, settings: dict, target: int) -> None:
     """Process target: a long refill, to be killed mid-way."""
-    make_store(instance, settings).refill("int_shard_0.db", target)
+    make_store(instance, settings).refill("int_shard_0.db", target, wait=30.0)
