@@ -67,20 +67,22 @@ def test_v4_threads_of_one_store_claim_each_number_once(make_app, instance_path)
 
 
 def test_v4_concurrent_refills_from_two_processes_never_share_a_number(instance_path):
-    settings = {**SMALL, "INT_MAX": 3000}
-    # Both processes refill both shards at once, in opposite orders, with a target of 1000 each.
+    # 2 x 20,000 of a space of 50,000: the two processes' random draws collide often.
+    settings = {"INT_MIN": 1, "INT_MAX": 50_000, "V4_SHARD_SIZE": 20_000, "MAX_COUNT": 10}
+    start = SPAWN.Barrier(2)
+    # Both processes refill both shards at once, in opposite orders.
     run_processes(
         refill_shards,
         [
-            (str(instance_path), settings, SHARDS["int"], 1000),
-            (str(instance_path), settings, SHARDS["int"][::-1], 1000),
+            (str(instance_path), settings, SHARDS["int"], 20_000, start),
+            (str(instance_path), settings, SHARDS["int"][::-1], 20_000, start),
         ],
     )
     folder = instance_path / "v4"
     assert_files_consistent(folder, "int")
-    # At most one refill per shard at a time: neither shard was filled past its target by both.
-    assert [len(shard_codes(folder, name, used=0)) for name in SHARDS["int"]] == [1000, 1000]
-    assert len(ledger_codes(folder, "int")) == 2000
+    # At most one refill per shard at a time: no shard was filled to its target twice over.
+    assert [len(shard_codes(folder, name, used=0)) for name in SHARDS["int"]] == [20_000, 20_000]
+    assert len(ledger_codes(folder, "int")) == 40_000
 
 
 def test_v4_a_refill_killed_mid_way_leaves_no_number_in_two_places(instance_path):

@@ -62,9 +62,11 @@ def claim_many(instance: str, settings: dict, claims: int, threads: int, out: st
     Path(out).write_text("\n".join(map(str, codes)))
 
 
-def refill_shards(instance: str, settings: dict, names: list[str], target: int) -> None:
-    """Process target: refills the named shards, waiting for another process's refill of the same shard."""
+def refill_shards(instance: str, settings: dict, names: list[str], target: int, start) -> None:
+    """Process target: refills the named shards once every process is ready (`start`, a Barrier), waiting
+    for another process's refill of the same shard."""
     store = make_store(instance, settings)
+    start.wait(30)
     for name in names:
         assert store.refill(name, target, wait=30.0) is not None
 
