@@ -2,7 +2,7 @@
 refilled in the background from a ledger database of every number ever put into a pool.
 
 Concurrency: a claim is one `UPDATE ... RETURNING` statement, atomic across every process by SQLite's write
-lock (a thread lock per shard keeps threads of one process out of SQLite's busy handler). A refill reserves
+lock; the threads of a process that claim at once share one statement and one fsync (group commit). A refill reserves
 numbers in the ledger first (INSERT OR IGNORE under BEGIN IMMEDIATE: only new rows count) and only then adds
 them to its shard, so no number is ever in two shards; a per-shard flock lets one process at a time refill.
 Durability: WAL with synchronous=FULL: a claim is on disk before it is returned. A crash can lose numbers
@@ -81,12 +81,25 @@ def _kind_of(name: str) -> NumberKind:
 
 
 @dataclass
+class _ClaimRequest:
+    """One caller's share of a group claim: filled in (or failed) by whichever thread runs the statement."""
+
+    count: int
+    lead: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    max_id: int = 0
+    error: BaseException | None = None
+
+
+@dataclass
 class _ProcessState:
     """What must never cross a fork: connections, locks, the refill pool and its bookkeeping."""
 
     pid: int = field(default_factory=os.getpid)
     guard: threading.Lock = field(default_factory=threading.Lock)
-    claim_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    claim_queues: dict[str, list[_ClaimRequest]] = field(default_factory=dict)
+    leading: set[str] = field(default_factory=set)
     claim_connections: dict[str, sqlite3.Connection] = field(default_factory=dict)
     local: threading.local = field(default_factory=threading.local)
     executor: ThreadPoolExecutor | None = None
@@ -146,17 +159,58 @@ class ShardedSqliteStore:
         raise AssertionError("unreachable")
 
     def _claim_from(self, name: str, count: int) -> list[tuple[int, int]]:
+        """Group commit: claims that arrive while one runs are served together by the next statement (one
+        fsync for all of them); each caller returns only after the statement holding its rows committed."""
         state = self._state()
-        with state.claim_locks.setdefault(name, threading.Lock()), self._translated_errors(name):
-            connection = state.claim_connections.get(name)
-            if connection is None:
-                connection = state.claim_connections[name] = self._open(name)
-            # fetchall(): an unfinished RETURNING statement would keep the write lock held.
-            rows = connection.execute(CLAIM, (count,)).fetchall()
-        if len(rows) < count or rows[0][2] - max(row[0] for row in rows) < self.refill_at:
+        request = _ClaimRequest(count)
+        with state.guard:
+            state.claim_queues.setdefault(name, []).append(request)
+            if name not in state.leading:
+                state.leading.add(name)
+                request.lead = True
+        if not request.lead:
+            request.ready.wait()
+        if request.lead:
+            self._lead_claims(name)
+        if request.error is not None:
+            raise request.error
+        rows = request.rows
+        if len(rows) < count or request.max_id - rows[-1][0] < self.refill_at:
             # Unused rows all lie above the claimed ids, so max(id) - last claimed id counts what is left.
             self._schedule_refill(name)
-        return sorted((row_id, code) for row_id, code, _ in rows)
+        return rows
+
+    def _lead_claims(self, name: str) -> None:
+        """Runs one claim statement for every queued request, then hands the lead to the next in line."""
+        state = self._state()
+        with state.guard:
+            batch, state.claim_queues[name] = state.claim_queues[name], []
+        try:
+            with self._translated_errors(name):
+                connection = state.claim_connections.get(name)
+                if connection is None:
+                    connection = state.claim_connections[name] = self._open(name)
+                # fetchall(): an unfinished RETURNING statement would keep the write lock held.
+                rows = sorted(connection.execute(CLAIM, (sum(r.count for r in batch),)).fetchall())
+            for request in batch:
+                request.rows = [(row_id, code) for row_id, code, _ in rows[: request.count]]
+                request.max_id = rows[0][2] if rows else 0
+                rows = rows[request.count :]
+        except BaseException as err:
+            for request in batch:
+                request.error = err
+            raise
+        finally:
+            for request in batch:
+                request.lead = False
+                request.ready.set()
+            with state.guard:
+                waiting = state.claim_queues[name]
+                if waiting:
+                    waiting[0].lead = True
+                    waiting[0].ready.set()
+                else:
+                    state.leading.discard(name)
 
     def _release(self, claimed: list[tuple[str, int, int]]) -> None:
         """Puts back rows claimed for a batch that could not be completed; they were never answered."""
