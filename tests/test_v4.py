@@ -77,9 +77,13 @@ def test_v4_batch_is_distinct_and_names_each_shard(make_app, instance_path):
 
 
 def test_v4_batch_spans_both_shards_of_a_small_space(make_app):
-    # At most 30 numbers per shard, refilled only when empty: two batches of 25 cannot both come from one shard.
-    client = make_app(INT_MIN=1, INT_MAX=50, MAX_COUNT=30, V4_SHARD_SIZE=30, V4_REFILL_AT=0).test_client()
-    batches = [get_retrying(client, "/v4/random?count=25").json for _ in range(2)]
+    app = make_app(INT_MIN=1, INT_MAX=50, MAX_COUNT=30, V4_SHARD_SIZE=30, V4_REFILL_AT=0)
+    store = app.extensions["uniquerand"]["stores"]["v4"]
+    # 30 + 20 numbers in the two shards: two batches of 25 cannot both come from one shard.
+    assert store.refill("int_shard_0.db", 30).added == 30
+    assert store.refill("int_shard_1.db", 30).added == 20
+    client = app.test_client()
+    batches = [client.get("/v4/random?count=25").json for _ in range(2)]
     assert sorted(number for batch in batches for number in batch["numbers"]) == list(range(1, 51))
     assert any(len(set(batch["shards"])) == 2 for batch in batches)
 

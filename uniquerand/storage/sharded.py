@@ -105,6 +105,7 @@ class _ProcessState:
     executor: ThreadPoolExecutor | None = None
     refills: dict[str, Future] = field(default_factory=dict)
     failed_at: dict[str, float] = field(default_factory=dict)
+    rerun: set[str] = field(default_factory=set)
     exhausted: set[str] = field(default_factory=set)
 
 
@@ -255,8 +256,9 @@ class ShardedSqliteStore:
     def _schedule_refill(self, name: str) -> None:
         state = self._state()
         with state.guard:
-            running = state.refills.get(name)
-            if running is not None and not running.done():
+            if name in state.refills:
+                # The running refill may already have counted; it runs once more when it ends.
+                state.rerun.add(name)
                 return
             if time.monotonic() - state.failed_at.get(name, -REFILL_RETRY_DELAY) < REFILL_RETRY_DELAY:
                 return
@@ -268,13 +270,23 @@ class ShardedSqliteStore:
                 log.warning("refill of %s not scheduled: the interpreter is shutting down", name)
 
     def _refill_in_background(self, name: str) -> None:
-        try:
-            # A short wait: a claim that checks for exhaustion holds the refill locks for milliseconds.
-            self.refill(name, self.shard_size, wait=0.5)
-        except Exception:
-            # Logged and retried by a later claim that finds the shard low or empty.
-            self._state().failed_at[name] = time.monotonic()
-            log.exception("refill of %s failed; it will be retried", name)
+        state = self._state()
+        while True:
+            with state.guard:
+                state.rerun.discard(name)
+            failed = False
+            try:
+                # A short wait: a claim that checks for exhaustion holds the refill locks for milliseconds.
+                self.refill(name, self.shard_size, wait=0.5)
+            except Exception:
+                failed = True
+                # Logged and retried by a later claim that finds the shard low or empty.
+                state.failed_at[name] = time.monotonic()
+                log.exception("refill of %s failed; it will be retried", name)
+            with state.guard:
+                if failed or name not in state.rerun:
+                    state.refills.pop(name, None)
+                    return
 
     def refill(
         self,
@@ -382,16 +394,19 @@ class ShardedSqliteStore:
                 [("last_refill_at", time.time()), ("last_refill_added", added), ("last_refill_seconds", seconds)],
             )
 
-    @contextmanager
-    def _refill_locks(self, names: list[str], wait: float) -> Iterator[bool]:
+    def _refill_locks(self, names: list[str], wait: float):
         """flock on `<shard>.refill.lock` for every name (True) or none of them (False) within `wait`.
         The kernel drops an flock when its process dies, so a killed refill never blocks the shard."""
+        return self._flocks([f"{name}.refill.lock" for name in names], wait)
+
+    @contextmanager
+    def _flocks(self, lock_files: list[str], wait: float) -> Iterator[bool]:
         self.folder.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait
         descriptors: list[int] = []
         try:
-            for name in names:
-                descriptor = os.open(self.folder / f"{name}.refill.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            for lock_file in lock_files:
+                descriptor = os.open(self.folder / lock_file, os.O_RDWR | os.O_CREAT, 0o644)
                 descriptors.append(descriptor)
                 while True:
                     try:
@@ -476,7 +491,13 @@ class ShardedSqliteStore:
         return connections[name]
 
     def _open(self, name: str) -> sqlite3.Connection:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # Two processes switching a new file to WAL at once get "database is locked" without waiting.
+        with self._flocks([".open.lock"], self.lock_timeout) as held:
+            if not held:
+                raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
+            return self._open_unlocked(name)
+
+    def _open_unlocked(self, name: str) -> sqlite3.Connection:
         connection = connect(self.folder / name, self.lock_timeout)
         try:
             if name == ledger_name(_kind_of(name)):
