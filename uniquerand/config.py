@@ -26,6 +26,10 @@ DEFAULTS: dict[str, Any] = {
     "LOG_LEVEL": "INFO",
     # Counter values /v5 leases per durable write; a crash skips at most the unserved rest of a lease.
     "V5_BLOCK_SIZE": 1000,
+    # /v4: available numbers each shard is filled up to, and the low-water mark below which a shard is
+    # refilled in the background (None: half the shard size).
+    "V4_SHARD_SIZE": 10000,
+    "V4_REFILL_AT": None,
 }
 
 
@@ -110,3 +114,15 @@ def validate(config: dict) -> None:
         raise ConfigError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {config['LOG_LEVEL']!r}.")
     config["LOG_LEVEL"] = level
     config["V5_BLOCK_SIZE"] = _integer(config, "V5_BLOCK_SIZE", 1, 1_000_000)
+    _validate_v4(config)
+
+
+def _validate_v4(config: dict) -> None:
+    size = config["V4_SHARD_SIZE"] = _integer(config, "V4_SHARD_SIZE", 1, 100_000_000)
+    if config["V4_REFILL_AT"] is None or config["V4_REFILL_AT"] == "":
+        config["V4_REFILL_AT"] = size // 2
+    else:
+        config["V4_REFILL_AT"] = _integer(config, "V4_REFILL_AT", 0, size)
+    if size < config["MAX_COUNT"]:
+        # A batch is claimed from the shards' content; shards smaller than a batch could never serve it.
+        raise ConfigError(f"V4_SHARD_SIZE ({size}) must be at least MAX_COUNT ({config['MAX_COUNT']}).")

@@ -12,6 +12,7 @@ from uniquerand.logs import event
 from uniquerand.storage.base import (
     InsufficientRemainingError,
     RetriesExhaustedError,
+    ShardsEmptyError,
     SpaceExhaustedError,
     StoreBusyError,
     StoreCorruptError,
@@ -31,6 +32,7 @@ STORE_ERROR_RESPONSES: dict[type[StoreError], tuple[int, str, bool]] = {
     InsufficientRemainingError: (503, "insufficient_remaining", False),
     StoreCorruptError: (500, "store_corrupt", False),
     StoreKeyError: (500, "store_key_invalid", False),
+    ShardsEmptyError: (503, "shards_empty", True),
 }
 
 

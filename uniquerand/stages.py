@@ -8,10 +8,11 @@ from pathlib import Path
 
 from flask import Blueprint
 
-from uniquerand.blueprints import v1, v2, v3, v5
+from uniquerand.blueprints import v1, v2, v3, v4, v5
 from uniquerand.numbers import NumberKind, NumberSpace
 from uniquerand.storage.json_file import JsonFileStore
 from uniquerand.storage.leased import LeasedCounterStore
+from uniquerand.storage.sharded import ShardedSqliteStore
 from uniquerand.storage.sqlite import SqliteStore
 
 StoreFactory = Callable[[Path, dict[NumberKind, NumberSpace], dict], object]
@@ -44,6 +45,18 @@ def _leased_store(folder: Path, spaces: dict[NumberKind, NumberSpace], config: d
     )
 
 
+def _sharded_store(folder: Path, spaces: dict[NumberKind, NumberSpace], config: dict) -> ShardedSqliteStore:
+    return ShardedSqliteStore(
+        folder,
+        spaces,
+        label="v4",
+        max_attempts=config["MAX_ATTEMPTS"],
+        lock_timeout=config["LOCK_TIMEOUT"],
+        shard_size=config["V4_SHARD_SIZE"],
+        refill_at=config["V4_REFILL_AT"],
+    )
+
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "v1",
@@ -65,6 +78,14 @@ STAGES: tuple[Stage, ...] = (
         "The SQLite stage: the PRIMARY KEY insert is the uniqueness check, WAL, synchronous=FULL.",
         "one SQLite database (numbers.db), a table per type",
         _sqlite_store,
+    ),
+    Stage(
+        "v4",
+        v4.bp,
+        "The sharded stage: two SQLite pools per type, claimed by one UPDATE ... RETURNING, refilled in the "
+        "background from a ledger.",
+        "int_shard_{0,1}.db, float_shard_{0,1}.db and ledgers used_numbers_{int,float}.db",
+        _sharded_store,
     ),
     Stage(
         "v5",

@@ -45,6 +45,10 @@ class SpaceExhaustedError(StoreError):
     """Every number of the space has been issued."""
 
 
+class ShardsEmptyError(StoreError):
+    """Every pool of the kind is empty while numbers remain; a refill is under way, retrying may succeed."""
+
+
 class InsufficientRemainingError(StoreError):
     """Fewer numbers remain than a batch asked for; nothing was issued."""
 

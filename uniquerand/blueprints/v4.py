@@ -1,0 +1,24 @@
+"""/v4: the sharded SQLite stage. Numbers are claimed from pools filled in the background from a ledger."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from uniquerand.blueprints.common import batch_count, numbers_response, stage, stats_response, strict_type
+
+bp = Blueprint("v4", __name__, url_prefix="/v4")
+
+
+@bp.get("/random")
+def random_number():
+    kind, count = strict_type(), batch_count()
+    claimed = stage("v4").claim(kind, count or 1)
+    codes = [code for code, _ in claimed]
+    if count is None:
+        return numbers_response(kind, codes, shard=claimed[0][1])
+    return numbers_response(kind, codes, batch=True, shards=[shard for _, shard in claimed])
+
+
+@bp.get("/stats")
+def stats():
+    return stats_response("v4")
