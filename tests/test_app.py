@@ -137,11 +137,13 @@ def test_healthz_touches_no_store(client, instance_path):
 def test_index_lists_every_stage_with_links(client):
     body = client.get("/").get_json()
     prefixes = [stage["prefix"] for stage in body["stages"]]
-    assert prefixes[:3] == ["/v1", "/v2", "/v3"]
+    assert prefixes == ["/v1", "/v2", "/v3", "/v4", "/v5"]
     for stage in body["stages"]:
         assert stage["description"] and stage["store"]
         for link in stage["links"].values():
-            assert client.get(link).status_code == 200
+            response = client.get(link)
+            # /v4's shards start empty: its documented "being refilled" 503 is a working link too.
+            assert response.status_code == 200 or "Retry-After" in response.headers, response.get_json()
 
 
 def test_unknown_path_is_a_json_404(client):
