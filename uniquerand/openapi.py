@@ -188,7 +188,10 @@ def _components() -> Schema:
             "Allowed": _closed_object({"allow": {"type": "array", "items": {"type": "string"}}}, "allow"),
         },
         "headers": {
-            "Allow": {"description": "The methods the path accepts.", "schema": {"type": "string"}},
+            "Allow": {
+                "description": "The methods the path accepts.",
+                "schema": {"type": "string", "pattern": "^[A-Z]+(, [A-Z]+)*$"},
+            },
             "Retry-After": {
                 "description": f"Seconds to wait before retrying; sent with {retry_codes}.",
                 "schema": {"type": "string", "pattern": "^[0-9]+$"},
