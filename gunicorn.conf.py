@@ -13,3 +13,28 @@ keepalive = 5
 preload_app = False
 # Keep the master's control socket out of the working tree.
 control_socket_disable = True
+# The default request-line limit (4094 bytes) stays: the longest request this API understands is under
+# 100 bytes, and a larger limit only lets bigger junk in. Beyond it gunicorn answers 414 itself.
+limit_request_line = 4094
+
+
+def post_worker_init(worker):
+    """Requests gunicorn refuses before the app sees them (request line too long or malformed, raw
+    non-ASCII bytes, headers too large) get a JSON body like every other error of this API, not HTML.
+
+    gunicorn writes those answers through `gunicorn.util.write_error` (pinned in requirements.txt;
+    tests/test_hostile_input.py fails if an upgrade bypasses this)."""
+    import json
+
+    from gunicorn import util
+
+    def write_json_error(sock, status_int, reason, mesg):
+        code = reason.lower().replace(" ", "_")
+        body = json.dumps({"error": mesg or reason, "code": code})
+        head = (
+            f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Cache-Control: no-store\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        util.write_nonblock(sock, (head + body).encode("latin1"))
+
+    util.write_error = write_json_error

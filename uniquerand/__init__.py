@@ -15,7 +15,7 @@ from uniquerand.numbers import spaces_from_config
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Builds the app: defaults, then UNIQUERAND_* variables, then `test_config`, then validation."""
-    from uniquerand.blueprints import index
+    from uniquerand.blueprints import docs, index
     from uniquerand.stages import STAGES
 
     app = Flask(__name__)
@@ -37,6 +37,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.after_request(_never_cache)
     app.register_blueprint(index.bp)
+    app.register_blueprint(docs.bp)
     for stage in STAGES:
         app.register_blueprint(stage.blueprint)
     cli.register(app)

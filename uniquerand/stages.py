@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Blueprint
@@ -25,6 +25,11 @@ class Stage:
     description: str
     store: str
     create_store: StoreFactory
+    # How the API document (uniquerand/openapi.py) describes the stage; the defaults fit /v2 and later.
+    lenient_type: bool = False  # `type` read as the simple server did: never a 422
+    accepts_count: bool = True  # `?count=K` batches
+    # JSON Schemas of extra properties of the 200 body of /random, single number and batch alike.
+    extra_response_properties: dict = field(default_factory=dict)
 
 
 def _json_store(name: str) -> StoreFactory:
@@ -64,6 +69,8 @@ STAGES: tuple[Stage, ...] = (
         "The simple server: random draws checked against a JSON file of used numbers; `type=float` read leniently.",
         "one JSON file (used_numbers.json) guarded by filelock",
         _json_store("v1"),
+        lenient_type=True,
+        accepts_count=False,
     ),
     Stage(
         "v2",

@@ -49,7 +49,8 @@ def batch_count() -> int | None:
     if value is None:
         return None
     maximum = current_app.config["MAX_COUNT"]
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= maximum:
+    # The length bound keeps int() from refusing (ValueError, a 500) a string of over 4300 digits.
+    if not (value.isascii() and value.isdigit() and len(value) <= 20) or not 1 <= int(value) <= maximum:
         raise InvalidParameterError(
             "count", f"Invalid 'count': it must be an integer from 1 to {maximum}.", minimum=1, maximum=maximum
         )

@@ -1,0 +1,280 @@
+"""The API document: complete (every route, every stage, every error shape), true (real responses conform,
+Schemathesis finds nothing against a live gunicorn), and its /docs page works offline."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import filelock
+import jsonschema_rs
+import pytest
+from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
+
+from tests.support import REPO
+from uniquerand.stages import STAGES
+
+
+def conforms(document: dict, component: str, body: object) -> bool:
+    """Whether `body` matches `#/components/schemas/<component>` of the document."""
+    schema = {"$ref": f"#/components/schemas/{component}", "components": document["components"]}
+    return jsonschema_rs.Draft202012Validator(schema).is_valid(body)
+
+
+def response_schema(document: dict, path: str, status: str) -> dict:
+    """The JSON Schema of a GET response, resolvable on its own."""
+    response = document["paths"][path]["get"]["responses"][status]
+    if "$ref" in response:
+        response = document["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    return {**response["content"]["application/json"]["schema"], "components": document["components"]}
+
+
+@pytest.fixture
+def document(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    return response.json
+
+
+def test_document_is_valid_openapi_3_1(document):
+    assert document["openapi"] == "3.1.0"
+    OPENAPI_31_VALIDATOR.validate(document)
+
+
+def test_every_route_and_its_methods_are_documented(app, document):
+    routes = {
+        re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule): rule.methods - {"HEAD"}
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+    }
+    documented = {path: {method.upper() for method in item} for path, item in document["paths"].items()}
+    assert documented == routes
+    for stage in STAGES:
+        assert {f"/{stage.name}/random", f"/{stage.name}/stats"} <= documented.keys()
+
+
+def test_v1_type_is_lenient_and_takes_no_count(document):
+    operation = document["paths"]["/v1/random"]["get"]
+    assert [parameter["name"] for parameter in operation["parameters"]] == ["type"]
+    assert operation["parameters"][0]["schema"] == {"type": "string"}
+    assert "422" not in operation["responses"]
+
+
+@pytest.mark.parametrize("stage", [stage.name for stage in STAGES if stage.name != "v1"])
+def test_validating_stages_document_type_count_and_422(make_app, stage):
+    document = make_app(MAX_COUNT=7).test_client().get("/openapi.json").json
+    operation = document["paths"][f"/{stage}/random"]["get"]
+    parameters = {parameter["name"]: parameter["schema"] for parameter in operation["parameters"]}
+    assert parameters["count"] == {"type": "integer", "minimum": 1, "maximum": 7}
+    pattern = re.compile(parameters["type"]["pattern"])
+    assert [bool(pattern.search(value)) for value in ("int", "FLOAT", "Int", "decimal", "", "int ")] == [
+        True, True, True, False, False, False,
+    ]  # fmt: skip
+    assert set(operation["responses"]) == {"200", "422", "500", "503"}
+    ok = jsonschema_rs.Draft202012Validator(response_schema(document, f"/{stage}/random", "200"))
+    assert ok.is_valid({"number": 5}) and ok.is_valid({"number": 5.25}) and ok.is_valid({"numbers": [1, 2.5]})
+    assert not ok.is_valid({"numbers": list(range(8))}) and not ok.is_valid({"numbers": []})
+    assert not ok.is_valid({"number": 5, "numbers": [5]}) and not ok.is_valid({"number": "5"})
+
+
+def test_a_stage_registered_later_is_documented_from_its_fields(app):
+    from uniquerand.openapi import build_document
+
+    shard = {"shard": {"type": "string"}}
+    later = replace(STAGES[-1], name="v9", description="A later stage.", extra_response_properties=shard)
+    app.extensions["uniquerand"]["stages"] = (*STAGES, later)
+    document = build_document(app)
+    assert {"/v9/random", "/v9/stats"} <= document["paths"].keys()
+    assert {"name": "v9", "description": "A later stage."} in document["tags"]
+    ok = jsonschema_rs.Draft202012Validator(response_schema(document, "/v9/random", "200"))
+    assert ok.is_valid({"number": 1, "shard": "int_shard_1.db"})
+    assert ok.is_valid({"numbers": [1, 2], "shard": "int_shard_1.db"})
+    assert not ok.is_valid({"number": 1, "shard": 1})
+
+
+def test_every_store_error_code_is_documented(document):
+    from uniquerand.errors import STORE_ERROR_RESPONSES
+
+    schemas = document["components"]["schemas"]
+    for status, code, _ in STORE_ERROR_RESPONSES.values():
+        assert code in schemas["Unavailable" if status == 503 else "ServerError"]["properties"]["code"]["enum"]
+
+
+def test_routing_errors_conform(client, document):
+    response = client.get("/v9/random")
+    assert response.status_code == 404 and conforms(document, "NotFound", response.json)
+    response = client.delete("/v2/random")
+    assert response.status_code == 405 and conforms(document, "MethodNotAllowed", response.json)
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+
+
+@pytest.mark.parametrize(
+    "query", ["type=decimal", "type=int&type=float", "count=0", "count=1001", "count=%C2%B2", "count=1&count=1"]
+)
+@pytest.mark.parametrize("stage", ["v2", "v3", "v5"])
+def test_invalid_parameters_conform(client, document, stage, query):
+    response = client.get(f"/{stage}/random?{query}")
+    assert response.status_code == 422
+    assert jsonschema_rs.Draft202012Validator(response_schema(document, f"/{stage}/random", "422")).is_valid(
+        response.json
+    )
+
+
+def test_exhaustion_and_insufficient_remaining_conform(make_app):
+    client = make_app(INT_MIN=1, INT_MAX=2).test_client()
+    document = client.get("/openapi.json").json
+    response = client.get("/v3/random?count=3")
+    assert response.status_code == 503 and "Retry-After" not in response.headers
+    assert response.json["code"] == "insufficient_remaining" and conforms(document, "Unavailable", response.json)
+    assert client.get("/v3/random?count=2").status_code == 200
+    response = client.get("/v3/random")
+    assert response.status_code == 503 and "Retry-After" not in response.headers
+    assert response.json["code"] == "space_exhausted" and conforms(document, "Unavailable", response.json)
+
+
+def test_busy_store_conforms_with_retry_after(make_app, instance_path):
+    client = make_app(LOCK_TIMEOUT=0.2).test_client()
+    document = client.get("/openapi.json").json
+    (instance_path / "v2").mkdir(parents=True)
+    with filelock.FileLock(instance_path / "v2" / "used_numbers.json.lock"):
+        response = client.get("/v2/random")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json["code"] == "store_busy" and conforms(document, "Unavailable", response.json)
+
+
+def test_server_errors_conform(make_app, instance_path):
+    app = make_app()
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    client = app.test_client()
+    document = client.get("/openapi.json").json
+    (instance_path / "v1").mkdir(parents=True)
+    (instance_path / "v1" / "used_numbers.json").write_text("{not json")
+    response = client.get("/v1/random")
+    assert response.status_code == 500 and response.json["code"] == "store_corrupt"
+    assert conforms(document, "ServerError", response.json)
+    response = client.get("/boom")
+    assert response.status_code == 500 and "secret" not in response.get_data(as_text=True)
+    assert conforms(document, "ServerError", response.json)
+
+
+def test_docs_page_and_its_assets_are_served_by_the_app(client):
+    with client.get("/docs") as page:
+        assert page.status_code == 200 and page.content_type.startswith("text/html")
+        html = page.get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert "/static/docs/docs.js" in assets and "/static/docs/docs.css" in assets
+    for url in assets:
+        assert url.startswith("/"), f"{url} is not served by the app"
+        with client.get(url) as asset:
+            assert asset.status_code == 200
+            if url.startswith("/static/"):
+                assert "://" not in asset.get_data(as_text=True), f"{url} refers to another host"
+
+
+# A minimal DOM, enough for docs.js: elements with children, attributes and text.
+NODE_HARNESS = textwrap.dedent(
+    """
+    const fs = require("fs");
+    const [script, documentPath] = process.argv.slice(2);
+    class Node {
+      constructor(tag) { this.tag = tag; this.children = []; this.attributes = {}; this._text = ""; }
+      setAttribute(key, value) { this.attributes[key] = String(value); }
+      append(...nodes) { this.children.push(...nodes); }
+      replaceChildren(...nodes) { this.children = nodes; }
+      replaceWith(node) { this.replacement = node; }
+      addEventListener() {}
+      set textContent(value) { this._text = value; }
+      get textContent() { return this._text + this.children.map((child) => child.textContent).join(" "); }
+    }
+    const byId = { api: new Node("main"), title: new Node("h1"), status: new Node("p") };
+    global.document = {
+      createElement: (tag) => new Node(tag),
+      createTextNode: (text) => { const node = new Node("#text"); node._text = text; return node; },
+      getElementById: (id) => byId[id],
+    };
+    const doc = JSON.parse(fs.readFileSync(documentPath, "utf8"));
+    global.fetch = async () => ({ json: async () => doc });
+    require(script);
+    setTimeout(() => {
+      if (byId.status.replacement) { console.error(byId.status.replacement.textContent); process.exit(1); }
+      const ids = [];
+      const walk = (node) => { if (node.attributes && node.attributes.id) ids.push(node.attributes.id);
+                               (node.children || []).forEach(walk); };
+      walk(byId.api);
+      console.log(JSON.stringify({ ids, text: byId.api.textContent }));
+    }, 100);
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed; the page's assets are still tested")
+def test_docs_page_renders_every_operation_parameter_and_status(client, document, tmp_path):
+    (tmp_path / "openapi.json").write_text(json.dumps(document))
+    (tmp_path / "harness.js").write_text(NODE_HARNESS)
+    script = REPO / "uniquerand" / "static" / "docs" / "docs.js"
+    result = subprocess.run(
+        ["node", str(tmp_path / "harness.js"), str(script), str(tmp_path / "openapi.json")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rendered = json.loads(result.stdout)
+    for path, item in document["paths"].items():
+        assert path in rendered["text"]
+        for operation in item.values():
+            assert operation["operationId"] in rendered["ids"]
+            for parameter in operation.get("parameters", []):
+                assert parameter["description"] in rendered["text"]
+            for status in operation["responses"]:
+                assert f"{status}: " in rendered["text"]
+
+
+def test_schemathesis_finds_nothing_against_live_gunicorn(make_server):
+    """Every phase (examples, coverage incl. undocumented methods, fuzzing), every check, deterministic."""
+    server = make_server(workers=2, threads=4)
+    statuses = run(server.port, max_examples=30)
+    assert statuses.keys() <= {200, 405, 422}, statuses
+    assert statuses[422] > 0 and statuses[405] > 0, statuses
+
+
+def test_schemathesis_on_an_exhausted_space_finds_only_documented_503s(make_server):
+    server = make_server(
+        {"UNIQUERAND_INT_MIN": "1", "UNIQUERAND_INT_MAX": "2", "UNIQUERAND_FLOAT_MAX": "0.000002"},
+        workers=1, threads=2,
+    )  # fmt: skip
+    for path in ("/v1/random", "/v1/random?type=float", "/v3/random?count=2", "/v3/random?type=float&count=2"):
+        assert server.get(path)[0] == 200
+    # A documented 503 is still a 5xx to the `not_a_server_error` check; conformance checks stay on.
+    extra = ["--include-path-regex", "^/v[0-9]+/random$", "--exclude-checks", "not_a_server_error"]
+    statuses = run(server.port, max_examples=5, extra=extra)
+    assert 503 in statuses and 500 not in statuses, statuses
+
+
+def run(port: int, max_examples: int, extra: list[str] | None = None) -> Counter[int]:
+    """Schemathesis's own CLI (it runs every phase, which its Python API leaves to the caller); the statuses
+    of every response it got, from its HAR report."""
+    with tempfile.TemporaryDirectory() as folder:
+        har = Path(folder) / "run.har"
+        command = [
+            sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{port}/openapi.json",
+            "--checks", "all", "--max-examples", str(max_examples), "--generation-deterministic",
+            "--workers", "1", "--request-timeout", "10", "--no-color",
+            "--report", "har", "--report-har-path", str(har), *(extra or []),
+        ]  # fmt: skip
+        # A throwaway working folder: the CLI keeps a cache folder (.schemathesis/) in it.
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+        entries = json.loads(har.read_text())["log"]["entries"]
+    return Counter(entry["response"]["status"] for entry in entries)

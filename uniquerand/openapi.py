@@ -1,0 +1,273 @@
+"""The OpenAPI 3.1 document of the whole API, built from the registered stages, the config and the error
+table of `uniquerand.errors`: a stage added to `uniquerand.stages.STAGES` is documented without editing this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from uniquerand.errors import STORE_ERROR_RESPONSES
+from uniquerand.numbers import KINDS
+
+Schema = dict[str, Any]
+
+API_VERSION = "0.1.0"
+OPTIONS_METHODS = ("GET", "HEAD", "OPTIONS")
+
+DESCRIPTION = """Globally unique random numbers over HTTP: every stage serves each number at most once.
+
+Every response is JSON with `Cache-Control: no-store` (except `/docs`, a page, and its assets), and every
+error body has an `error` message and a machine-readable `code`:
+
+* **404** `not_found`: unknown path.
+* **405** `method_not_allowed`: a method other than GET, HEAD or OPTIONS; the `Allow` header lists the
+  methods the path accepts.
+* **HEAD** answers like GET without a body. On `/vN/random` it issues (and so burns) numbers like GET.
+* **OPTIONS** answers 200 with the `Allow` header and `{"allow": [...]}`; it never touches a store.
+* Query parameters not listed here are ignored. On stages that validate, `type` and `count` may each be
+  given at most once (422 otherwise); `/v1` reads the first `type` and never answers 422.
+* A request line longer than 4094 bytes is refused by gunicorn with 414 before the app sees it.
+"""
+
+
+def build_document(app: Flask) -> Schema:
+    stages = app.extensions["uniquerand"]["stages"]
+    paths: dict[str, Schema] = {
+        "/": _path(_operation("index", "The stages this server runs, with links.", "service", _ok(_INDEX))),
+        "/healthz": _path(
+            _operation("healthz", "Health check; touches no store.", "service", _ok(_HEALTH), errors=False)
+        ),
+        "/openapi.json": _path(
+            _operation("openapi", "This document.", "service", _ok({"type": "object"}), errors=False)
+        ),
+        "/docs": _path(_operation("docs", "This document as a page.", "service", _html_ok(), errors=False)),
+    }
+    for stage in stages:
+        paths[f"/{stage.name}/random"] = _path(_random_operation(stage, app.config))
+        paths[f"/{stage.name}/stats"] = _path(
+            _operation(f"{stage.name}_stats", f"Counters of /{stage.name}.", stage.name, _ok(_stats(stage.name)))
+        )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "uniquerand", "version": API_VERSION, "description": DESCRIPTION},
+        "tags": [
+            {"name": "service", "description": "The server itself."},
+            *({"name": stage.name, "description": stage.description} for stage in stages),
+        ],
+        "paths": paths,
+        "components": _components(),
+    }
+
+
+def _path(get: Schema) -> Schema:
+    tag = get["tags"][0]
+    options = {
+        "operationId": f"{get['operationId']}_options",
+        "summary": "The methods this path accepts; touches no store.",
+        "tags": [tag],
+        "responses": {
+            "200": {
+                "description": "The methods this path accepts, in the `Allow` header and the body.",
+                "headers": {"Allow": {"$ref": "#/components/headers/Allow"}, **_NO_STORE},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Allowed"}}},
+            }
+        },
+    }
+    return {"get": get, "options": options}
+
+
+def _operation(
+    operation_id: str, summary: str, tag: str, ok: Schema, parameters: list | None = None, errors: bool = True
+) -> Schema:
+    responses = {"200": ok}
+    if errors:
+        responses |= {"500": {"$ref": "#/components/responses/ServerError"}}
+        responses |= {"503": {"$ref": "#/components/responses/Unavailable"}}
+    operation = {"operationId": operation_id, "summary": summary, "tags": [tag], "responses": responses}
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def _random_operation(stage, config: dict) -> Schema:
+    number = {
+        "description": "An int for `type=int`, a float on the grid of 10^-FLOAT_DECIMALS for `type=float`.",
+        "anyOf": [
+            {"type": "integer", "minimum": config["INT_MIN"], "maximum": config["INT_MAX"]},
+            {"type": "number", "minimum": config["FLOAT_MIN"], "exclusiveMaximum": config["FLOAT_MAX"]},
+        ],
+    }
+    single = _closed_object({"number": number, **stage.extra_response_properties}, "number")
+    parameters = [_LENIENT_TYPE if stage.lenient_type else _STRICT_TYPE]
+    body = single
+    if stage.accepts_count:
+        maximum = config["MAX_COUNT"]
+        numbers = {"type": "array", "items": number, "minItems": 1, "maxItems": maximum, "uniqueItems": True}
+        batch = _closed_object({"numbers": numbers, **stage.extra_response_properties}, "numbers")
+        body = {"oneOf": [single, batch]}
+        parameters.append(
+            {
+                "name": "count",
+                "in": "query",
+                "required": False,
+                "description": 'Ask for a batch of this many distinct numbers, answered as `{"numbers": [...]}`'
+                ' and recorded in one write. Without it, one number as `{"number": n}`. At most once.',
+                "schema": {"type": "integer", "minimum": 1, "maximum": maximum},
+            }
+        )
+    ok = _ok(body, "Unique numbers, durably recorded before this response was sent.")
+    operation = _operation(
+        f"{stage.name}_random", f"Unique random numbers from /{stage.name}.", stage.name, ok, parameters
+    )
+    if not stage.lenient_type:
+        operation["responses"]["422"] = {"$ref": "#/components/responses/InvalidParameter"}
+    return operation
+
+
+def _closed_object(properties: Schema, required: str) -> Schema:
+    return {"type": "object", "required": [required], "properties": properties, "additionalProperties": False}
+
+
+def _ok(schema: Schema, description: str = "OK") -> Schema:
+    return {"description": description, "headers": _NO_STORE, "content": {"application/json": {"schema": schema}}}
+
+
+def _html_ok() -> Schema:
+    # The one page of the API: its scripts and styles are served by the app itself, nothing from the internet.
+    return {"description": "An HTML page that renders /openapi.json.", "content": {"text/html": {"schema": {}}}}
+
+
+def _stats(name: str) -> Schema:
+    counters = {
+        "type": "object",
+        "description": "Store-specific counters may follow the three every store reports.",
+        "required": ["issued", "space_size", "remaining"],
+        "properties": {key: {"type": "integer", "minimum": 0} for key in ("issued", "space_size", "remaining")},
+    }
+    types = {"type": "object", "required": list(KINDS), "properties": dict.fromkeys(KINDS, counters)}
+    return _closed_object({"stage": {"const": name}, "types": types}, "stage") | {"required": ["stage", "types"]}
+
+
+def _error(codes: list[str], extra: Schema | None = None) -> Schema:
+    properties = {"error": {"type": "string", "minLength": 1}, "code": {"enum": codes}, **(extra or {})}
+    return {"type": "object", "required": ["error", "code"], "properties": properties, "additionalProperties": False}
+
+
+def _error_response(description: str, schema: str, headers: Schema | None = None) -> Schema:
+    return {
+        "description": description,
+        "headers": {**(headers or {}), **_NO_STORE},
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _codes(status: int, retryable: bool | None = None) -> list[str]:
+    return [code for s, code, retry in STORE_ERROR_RESPONSES.values() if s == status and retryable in (None, retry)]
+
+
+def _components() -> Schema:
+    retry_codes = ", ".join(f"`{code}`" for code in _codes(503, True))
+    final_codes = ", ".join(f"`{code}`" for code in _codes(503, False))
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "schemas": {
+            "NotFound": _error(["not_found"]),
+            "MethodNotAllowed": _error(["method_not_allowed"]),
+            "InvalidParameter": _error(
+                ["invalid_parameter"],
+                {
+                    "parameter": {"enum": ["type", "count"]},
+                    "allowed": {"type": "array", "items": {"type": "string"}},
+                    "minimum": {"type": "integer"},
+                    "maximum": {"type": "integer"},
+                },
+            ),
+            "ServerError": _error([*_codes(500), "store_error", "internal_error"]),
+            "Unavailable": _error(_codes(503), {"requested": count, "remaining": count}),
+            "Allowed": _closed_object({"allow": {"type": "array", "items": {"type": "string"}}}, "allow"),
+        },
+        "headers": {
+            "Allow": {
+                "description": "The methods the path accepts.",
+                "schema": {"type": "string", "pattern": "^[A-Z]+(, [A-Z]+)*$"},
+            },
+            "Retry-After": {
+                "description": f"Seconds to wait before retrying; sent with {retry_codes}.",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+            "Cache-Control": {
+                "description": "`no-store`: a cached number would be served twice.",
+                "schema": {"const": "no-store"},
+            },
+        },
+        "responses": {
+            "NotFound": _error_response("Unknown path.", "NotFound"),
+            "MethodNotAllowed": _error_response(
+                "The path does not accept this method; `Allow` lists those it does.",
+                "MethodNotAllowed",
+                {"Allow": {"$ref": "#/components/headers/Allow"}},
+            ),
+            "InvalidParameter": _error_response(
+                "`type` or `count` has a value the stage does not accept, or is repeated. The body names the "
+                "`parameter` and what it allows (`allowed`, or `minimum` and `maximum`).",
+                "InvalidParameter",
+            ),
+            "ServerError": _error_response(
+                "The store cannot be read as what it should be (it was left untouched), or an unexpected fault "
+                "(logged; never in the body). Tell an operator.",
+                "ServerError",
+            ),
+            "Unavailable": _error_response(
+                f"Nothing was issued. With {retry_codes} a retry may succeed: wait `Retry-After` seconds. "
+                f"With {final_codes} it will not; `insufficient_remaining` says how many numbers `remaining`.",
+                "Unavailable",
+                {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
+            ),
+        },
+    }
+
+
+_NO_STORE: Schema = {"Cache-Control": {"$ref": "#/components/headers/Cache-Control"}}
+
+_LENIENT_TYPE: Schema = {
+    "name": "type",
+    "in": "query",
+    "required": False,
+    "description": "`float` in any case means float; anything else, or none, means int (the simple server's "
+    "rule: never a 422). When repeated, the first one counts.",
+    "schema": {"type": "string"},
+}
+
+_STRICT_TYPE: Schema = {
+    "name": "type",
+    "in": "query",
+    "required": False,
+    "description": "`int` (the default) or `float`, in any case; anything else is a 422. At most once.",
+    "schema": {"type": "string", "pattern": "^([iI][nN][tT]|[fF][lL][oO][aA][tT])$", "default": "int"},
+    "examples": {"int": {"value": "int"}, "float": {"value": "float"}},
+}
+
+_INDEX: Schema = {
+    "type": "object",
+    "required": ["service", "stages", "health"],
+    "properties": {
+        "service": {"const": "uniquerand"},
+        "health": {"type": "string"},
+        "stages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["prefix", "description", "store", "links"],
+                "properties": {
+                    "prefix": {"type": "string"},
+                    "description": {"type": "string"},
+                    "store": {"type": "string"},
+                    "links": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+
+_HEALTH: Schema = _closed_object({"status": {"const": "ok"}}, "status")
