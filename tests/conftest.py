@@ -38,6 +38,17 @@ def app(make_app):
 
 
 @pytest.fixture
+def filled_shards(make_app):
+    """Fills /v4's shards in the private instance folder (as `flask init-shards` does), so that /v4 serves
+    from its first request instead of answering its documented "being refilled" 503."""
+
+    def fill(size: int = 2000, **settings) -> None:
+        make_app(**settings).extensions["uniquerand"]["stores"]["v4"].fill_shards(size)
+
+    return fill
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

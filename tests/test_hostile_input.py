@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-STAGES = ("v1", "v2", "v3", "v5")
+STAGES = ("v1", "v2", "v3", "v4", "v5")
 PATHS = [
     "/",
     "/healthz",
@@ -17,6 +17,12 @@ PATHS = [
     *(f"/{stage}/{end}" for stage in STAGES for end in ("random", "stats")),
 ]
 ALLOWED = {"GET", "HEAD", "OPTIONS"}
+
+
+@pytest.fixture
+def client(app, filled_shards):
+    filled_shards(size=50)
+    return app.test_client()
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "TRACE", "BREW"])
@@ -52,7 +58,7 @@ def test_head_on_random_burns_a_number_like_get(client):
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "POST", "DELETE"])
 @pytest.mark.parametrize(
     "path",
-    ["/v4/random", "/v1/random/", "/v1/random%00", "/%ff", "/v1/%C3%A9", "/static/../wsgi.py",
+    ["/v6/random", "/v1/random/", "/v1/random%00", "/%ff", "/v1/%C3%A9", "/static/../wsgi.py",
      "/static/%2e%2e/wsgi.py", "/static/docs/nope.js", "/v1/random;type=float", "//v1/random"],
 )  # fmt: skip
 def test_unknown_paths_get_json_404(client, path, method):
@@ -92,7 +98,7 @@ def test_unknown_paths_get_json_404(client, path, method):
         ("count=0001", 200),
     ],
 )
-@pytest.mark.parametrize("stage", ["v2", "v3", "v5"])
+@pytest.mark.parametrize("stage", ["v2", "v3", "v4", "v5"])
 def test_junk_query_on_validating_stages(client, stage, query, status):
     response = client.get(f"/{stage}/random?{query}")
     assert response.status_code == status, response.json

@@ -90,14 +90,21 @@ def test_a_stage_registered_later_is_documented_from_its_fields(app):
     from uniquerand.openapi import build_document
 
     shard = {"shard": {"type": "string"}}
-    later = replace(STAGES[-1], name="v9", description="A later stage.", extra_response_properties=shard)
+    later = replace(
+        STAGES[-1],
+        name="v9",
+        description="A later stage.",
+        extra_response_properties=shard,
+        extra_batch_properties={"shards": {"type": "array"}},
+    )
     app.extensions["uniquerand"]["stages"] = (*STAGES, later)
     document = build_document(app)
     assert {"/v9/random", "/v9/stats"} <= document["paths"].keys()
     assert {"name": "v9", "description": "A later stage."} in document["tags"]
     ok = jsonschema_rs.Draft202012Validator(response_schema(document, "/v9/random", "200"))
     assert ok.is_valid({"number": 1, "shard": "int_shard_1.db"})
-    assert ok.is_valid({"numbers": [1, 2], "shard": "int_shard_1.db"})
+    assert ok.is_valid({"numbers": [1, 2], "shards": ["int_shard_1.db", "int_shard_0.db"]})
+    assert not ok.is_valid({"numbers": [1, 2], "shard": "int_shard_1.db"})
     assert not ok.is_valid({"number": 1, "shard": 1})
 
 
@@ -241,7 +248,8 @@ def test_docs_page_renders_every_operation_parameter_and_status(client, document
                 assert f"{status}: " in rendered["text"]
 
 
-def test_schemathesis_finds_nothing_against_live_gunicorn(make_server):
+def test_schemathesis_finds_nothing_against_live_gunicorn(make_server, filled_shards):
+    filled_shards()
     """Every phase (examples, coverage incl. undocumented methods, fuzzing), every check, deterministic."""
     server = make_server(workers=2, threads=4)
     statuses = run(server.port, max_examples=30)

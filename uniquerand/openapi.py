@@ -104,7 +104,7 @@ def _random_operation(stage, config: dict) -> Schema:
     if stage.accepts_count:
         maximum = config["MAX_COUNT"]
         numbers = {"type": "array", "items": number, "minItems": 1, "maxItems": maximum, "uniqueItems": True}
-        batch = _closed_object({"numbers": numbers, **stage.extra_response_properties}, "numbers")
+        batch = _closed_object({"numbers": numbers, **stage.extra_batch_properties}, "numbers")
         body = {"oneOf": [single, batch]}
         parameters.append(
             {

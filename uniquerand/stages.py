@@ -15,6 +15,7 @@ from uniquerand.storage.leased import LeasedCounterStore
 from uniquerand.storage.sharded import ShardedSqliteStore
 from uniquerand.storage.sqlite import SqliteStore
 
+SHARD_NAME = {"type": "string", "pattern": "^(int|float)_shard_[0-9]+\\.db$", "examples": ["int_shard_1.db"]}
 StoreFactory = Callable[[Path, dict[NumberKind, NumberSpace], dict], object]
 
 
@@ -28,8 +29,9 @@ class Stage:
     # How the API document (uniquerand/openapi.py) describes the stage; the defaults fit /v2 and later.
     lenient_type: bool = False  # `type` read as the simple server did: never a 422
     accepts_count: bool = True  # `?count=K` batches
-    # JSON Schemas of extra properties of the 200 body of /random, single number and batch alike.
+    # JSON Schemas of extra properties of the 200 body of /random, for a single number and for a batch.
     extra_response_properties: dict = field(default_factory=dict)
+    extra_batch_properties: dict = field(default_factory=dict)
 
 
 def _json_store(name: str) -> StoreFactory:
@@ -93,6 +95,8 @@ STAGES: tuple[Stage, ...] = (
         "background from a ledger.",
         "int_shard_{0,1}.db, float_shard_{0,1}.db and ledgers used_numbers_{int,float}.db",
         _sharded_store,
+        extra_response_properties={"shard": SHARD_NAME},
+        extra_batch_properties={"shards": {"type": "array", "items": SHARD_NAME, "minItems": 1}},
     ),
     Stage(
         "v5",
