@@ -61,6 +61,12 @@ def table(rows: list[Row]) -> str:
         )
         lines += ["", heading, _line([c[0] for c in COLUMNS])]
         lines += [_line(_cells(row)) for row in rows if row.prefill == level]
+    failed = [row for row in rows if row.error_codes]
+    if failed:
+        lines += ["", "error codes of the non-2xx responses:"]
+        for row in failed:
+            codes = ", ".join(f"{code} x{n}" for code, n in row.error_codes.items())
+            lines.append(f"  {row.label} (prefill {row.prefill}): {codes}")
     return "\n".join(lines)
 
 

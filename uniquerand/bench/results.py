@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
@@ -44,12 +45,21 @@ class Row:
     statuses: dict[str, int]
     socket_errors: dict[str, int]
     bad_bodies: int
+    error_codes: dict[str, int]  # the `code` of every error body, so a reader sees why requests failed
     duplicates: int
     worker_peak_mib_max: float | None
     worker_peak_mib_sum: float | None
     server_cpu_percent: float
     client_cpu_percent: float
     idle_wait_s: float | None
+
+
+def error_code(body: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "not_json"
+    return str(data.get("code", "no_code")) if isinstance(data, dict) else "not_an_object"
 
 
 def build_row(
@@ -64,10 +74,14 @@ def build_row(
 ) -> Row:
     statuses: Counter = Counter()
     numbers: list = []
+    error_codes: Counter = Counter()
     bad = 0
     for status, body in recorded_responses(load.bodies_dir):
         statuses[status] += 1
-        if target.ledger is None or not 200 <= status < 300:
+        if not 200 <= status < 300:
+            error_codes[error_code(body)] += 1
+            continue
+        if target.ledger is None:
             continue
         found = numbers_in(body)
         if found is None:
@@ -100,6 +114,7 @@ def build_row(
         statuses={str(status): n for status, n in sorted(statuses.items())},
         socket_errors=load.socket_errors,
         bad_bodies=bad,
+        error_codes=dict(error_codes.most_common()),
         duplicates=duplicates,
         worker_peak_mib_max=round(max(worker_peaks_kib) / 1024, 1) if worker_peaks_kib else None,
         worker_peak_mib_sum=round(sum(worker_peaks_kib) / 1024, 1) if worker_peaks_kib else None,
