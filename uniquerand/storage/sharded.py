@@ -101,6 +101,7 @@ class _ProcessState:
     claim_queues: dict[str, list[_ClaimRequest]] = field(default_factory=dict)
     leading: set[str] = field(default_factory=set)
     claim_connections: dict[str, sqlite3.Connection] = field(default_factory=dict)
+    claim_lock_files: dict[str, int] = field(default_factory=dict)
     local: threading.local = field(default_factory=threading.local)
     executor: ThreadPoolExecutor | None = None
     refills: dict[str, Future] = field(default_factory=dict)
@@ -192,7 +193,8 @@ class ShardedSqliteStore:
                 if connection is None:
                     connection = state.claim_connections[name] = self._open(name)
                 # fetchall(): an unfinished RETURNING statement would keep the write lock held.
-                rows = sorted(connection.execute(CLAIM, (sum(r.count for r in batch),)).fetchall())
+                with self._claim_lock(state, name):
+                    rows = sorted(connection.execute(CLAIM, (sum(r.count for r in batch),)).fetchall())
             for request in batch:
                 request.rows = [(row_id, code) for row_id, code, _ in rows[: request.count]]
                 request.max_id = rows[0][2] if rows else 0
@@ -398,6 +400,33 @@ class ShardedSqliteStore:
         """flock on `<shard>.refill.lock` for every name (True) or none of them (False) within `wait`.
         The kernel drops an flock when its process dies, so a killed refill never blocks the shard."""
         return self._flocks([f"{name}.refill.lock" for name in names], wait)
+
+    @contextmanager
+    def _claim_lock(self, state: _ProcessState, name: str) -> Iterator[None]:
+        """Claimers of every process take turns on `<shard>.claim.lock` before the claim statement.
+
+        SQLite's busy handler backs off in sleeps of up to 100 ms when writers of several processes meet;
+        a short poll on an flock hands the shard over within a fraction of a millisecond instead.
+        """
+        descriptor = state.claim_lock_files.get(name)
+        if descriptor is None:
+            descriptor = os.open(self.folder / f"{name}.claim.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            state.claim_lock_files[name] = descriptor
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.0001
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreBusyError(f"The {self.label} store is busy; retry shortly.") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+        try:
+            yield
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
 
     @contextmanager
     def _flocks(self, lock_files: list[str], wait: float) -> Iterator[bool]:

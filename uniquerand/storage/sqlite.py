@@ -86,7 +86,10 @@ class SqliteStore:
         self._committer = PerProcess(self._new_committer)
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
-        return self._committer.get().submit(lambda connection: self._claim(connection, kind, count))
+        # A single number is claimed by its job's last statement (see pick_unused): no savepoint needed.
+        return self._committer.get().submit(
+            lambda connection: self._claim(connection, kind, count), writes_once=count == 1
+        )
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         for start in range(0, count, PREFILL_CHUNK):
