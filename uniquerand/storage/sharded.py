@@ -110,6 +110,23 @@ class _ProcessState:
     exhausted: set[str] = field(default_factory=set)
 
 
+def _flock_by(descriptor: int, deadline: float, longest_pause: float) -> bool:
+    """Takes an exclusive flock on `descriptor` before `deadline` (monotonic); False if it could not.
+
+    Polls with a growing pause: a blocking flock could not give up in time if the holder were stopped.
+    """
+    pause = min(0.0001, longest_pause)
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, longest_pause)
+
+
 @dataclass(frozen=True)
 class FillReport:
     shard: str
@@ -412,17 +429,8 @@ class ShardedSqliteStore:
         if descriptor is None:
             descriptor = os.open(self.folder / f"{name}.claim.lock", os.O_RDWR | os.O_CREAT, 0o644)
             state.claim_lock_files[name] = descriptor
-        deadline = time.monotonic() + self.lock_timeout
-        pause = 0.0001
-        while True:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreBusyError(f"The {self.label} store is busy; retry shortly.") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
+        if not _flock_by(descriptor, time.monotonic() + self.lock_timeout, longest_pause=0.002):
+            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
         try:
             yield
         finally:
@@ -437,15 +445,9 @@ class ShardedSqliteStore:
             for lock_file in lock_files:
                 descriptor = os.open(self.folder / lock_file, os.O_RDWR | os.O_CREAT, 0o644)
                 descriptors.append(descriptor)
-                while True:
-                    try:
-                        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            yield False
-                            return
-                        time.sleep(0.05)
+                if not _flock_by(descriptor, deadline, longest_pause=0.05):
+                    yield False
+                    return
             yield True
         finally:
             for descriptor in descriptors:
