@@ -35,7 +35,7 @@ from uniquerand.storage.base import (
     StoreUnavailableError,
 )
 from uniquerand.storage.picking import pick_unused
-from uniquerand.storage.sqlite import connect, store_error
+from uniquerand.storage.sqlite import connect, insert_new_codes, store_error
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +390,12 @@ class ShardedSqliteStore:
             new += inserted
             return inserted
 
+        def claim_many(codes: list[int]) -> list[int]:
+            nonlocal new
+            inserted = insert_new_codes(connection, "ledger", codes)
+            new += len(inserted)
+            return inserted
+
         def used_ascending() -> Iterator[int]:
             cursor = connection.execute("SELECT code FROM ledger WHERE code >= ? ORDER BY code", (space.low,))
             try:
@@ -398,7 +404,7 @@ class ShardedSqliteStore:
                 cursor.close()
 
         drawing = _BulkDrawingSpace(space)
-        return pick_unused(drawing, count, self.max_attempts, claim, lambda: recorded + new, used_ascending)
+        return pick_unused(drawing, count, self.max_attempts, claim, lambda: recorded + new, used_ascending, claim_many)
 
     @staticmethod
     def _insert(connection: sqlite3.Connection, codes: list[int], used: int) -> None:

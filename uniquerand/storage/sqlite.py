@@ -54,6 +54,14 @@ def store_error(err: BaseException, label: str) -> StoreError:
     return StoreUnavailableError(f"The {label} store cannot be used: {err}.")
 
 
+def insert_new_codes(connection: sqlite3.Connection, table: str, codes: list[int]) -> list[int]:
+    """Inserts distinct `codes` into `table` (column `code`, unique) in one statement; returns those that
+    were not there yet, in the order given (RETURNING promises no order, and the order is the draw order)."""
+    query = f"INSERT OR IGNORE INTO {table} (code) SELECT value FROM json_each(?) RETURNING code"
+    inserted = {code for (code,) in connection.execute(query, (json.dumps(codes),)).fetchall()}
+    return [code for code in codes if code in inserted]
+
+
 def connect(path: Path, timeout: float) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, fully synchronous."""
     connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -115,8 +123,7 @@ class SqliteStore:
             return connection.execute(f"INSERT OR IGNORE INTO {table} (code) VALUES (?)", (code,)).rowcount == 1
 
         def claim_many(codes: list[int]) -> list[int]:
-            query = f"INSERT OR IGNORE INTO {table} (code) SELECT value FROM json_each(?) RETURNING code"
-            return [code for (code,) in connection.execute(query, (json.dumps(codes),)).fetchall()]
+            return insert_new_codes(connection, table, codes)
 
         def used_ascending() -> Iterator[int]:
             cursor = connection.execute(f"SELECT code FROM {table} WHERE code >= ? ORDER BY code", (space.low,))
