@@ -163,8 +163,8 @@ def test_without_faults_every_request_is_answered(servers, history, instance_pat
     filled_shards(**SETTINGS)
     server = start(servers, instance_path)
     history.load(server.port, "steady", 2 * PHASE_REQUESTS)
-    assert_fully_available(history, "steady")
     history.check()
+    assert_fully_available(history, "steady")
     assert_served_is_recorded(history, instance_path)
 
 
@@ -189,10 +189,10 @@ def test_kill_9_of_single_workers_repeatedly(servers, history, instance_path, fi
     assert len(server.worker_pids()) == 3 and not set(killed) & set(server.worker_pids())
     history.load(server.port, "after", PHASE_REQUESTS)
 
+    history.check()
     assert_fully_available(history, "before")
     assert_fully_available(history, "after")
     assert_errors_are_json(history, "killing workers")
-    history.check()
     assert_served_is_recorded(history, instance_path)
 
 
@@ -218,9 +218,9 @@ def test_kill_9_of_the_whole_server_then_restart(servers, history, instance_path
     recover(history, restarted, "restart")
     history.load(restarted.port, "after restart", PHASE_REQUESTS)
 
+    history.check()
     assert_fully_available(history, "before")
     assert_fully_available(history, "after restart")
-    history.check()
     assert_served_is_recorded(history, instance_path)
 
 
@@ -246,10 +246,10 @@ def test_sigstop_of_one_worker_others_keep_serving_and_it_recovers(servers, hist
     assert not [op for op in history.of("one worker paused") if op.outcome == "lost"]
     history.load(server.port, "after", PHASE_REQUESTS)
 
+    history.check()
     assert_fully_available(history, "before")
     assert_fully_available(history, "after")
     assert_errors_are_json(history, "one worker paused")
-    history.check()
     assert_served_is_recorded(history, instance_path)
 
 
@@ -279,9 +279,9 @@ def test_v4_refill_killed_half_way_then_the_stage_serves_without_duplicates(serv
     recover(history, server, "recovering")
     history.load(server.port, "after", PHASE_REQUESTS, stages=["v4"])
 
+    history.check()
     assert_fully_available(history, "before")
     assert_fully_available(history, "after")
-    history.check()
     assert_files_consistent(folder, "int")
     assert_files_consistent(folder, "float")
 
@@ -307,9 +307,9 @@ def test_full_disk_answers_503_and_service_resumes_once_space_is_freed(servers, 
         recover(history, server, "recovering")
         history.load(server.port, "after", PHASE_REQUESTS)
 
+        history.check()
         assert_fully_available(history, "before")
         assert_fully_available(history, "after")
-        history.check()
         assert_served_is_recorded(history, instance_path)
     finally:
         for server in servers:
@@ -356,11 +356,11 @@ def test_read_only_folder_answers_503_and_service_resumes_once_writable(servers,
         recover(history, server, "recovering")
         history.load(server.port, "after", PHASE_REQUESTS)
 
+        history.check()
         assert_fully_available(history, "before")
         assert_fully_available(history, "after")
         assert_errors_are_json(history, "going read-only")
         assert_errors_are_json(history, "read-only")
-        history.check()
         assert_served_is_recorded(history, instance_path)
     finally:
         for server in servers:
@@ -396,9 +396,9 @@ def test_stuck_lock_holder_gets_503_with_retry_after_never_a_hang(servers, histo
     assert_fully_available(history, "lock held", stages=["v3", "v4", "v5"])
     history.load(server.port, "after", PHASE_REQUESTS)
 
+    history.check()
     assert_fully_available(history, "before")
     assert_fully_available(history, "after")
-    history.check()
     assert_served_is_recorded(history, instance_path)
 
 
@@ -419,6 +419,6 @@ def test_two_servers_on_one_instance_folder_never_share_a_number(servers, histor
         load.join(90)
     assert not any(load.is_alive() for load in loads)
 
-    assert_fully_available(history, "two servers")
     history.check()
+    assert_fully_available(history, "two servers")
     assert_served_is_recorded(history, instance_path)
