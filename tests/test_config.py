@@ -41,8 +41,8 @@ def test_test_config_overrides_environment(monkeypatch, make_app):
     ("settings", "named"),
     [
         ({"INT_MIN": 5, "INT_MAX": 4}, "INT_MAX"),
-        ({"INT_MAX": 2**53 + 1}, "INT_MAX"),
-        ({"INT_MIN": -(2**53) - 1}, "INT_MIN"),
+        ({"INT_MAX": 2**53}, "INT_MAX"),
+        ({"INT_MIN": -(2**53)}, "INT_MIN"),
         ({"INT_MIN": "ten"}, "INT_MIN"),
         ({"INT_MAX": True}, "INT_MAX"),
         ({"FLOAT_MIN": 5, "FLOAT_MAX": 5}, "FLOAT_MAX"),
@@ -56,6 +56,8 @@ def test_test_config_overrides_environment(monkeypatch, make_app):
         ({"MAX_COUNT": 0}, "MAX_COUNT"),
         ({"LOCK_TIMEOUT": 0}, "LOCK_TIMEOUT"),
         ({"LOCK_TIMEOUT": "soon"}, "LOCK_TIMEOUT"),
+        ({"LOCK_TIMEOUT": "inf"}, "LOCK_TIMEOUT"),
+        ({"LOCK_TIMEOUT": "nan"}, "LOCK_TIMEOUT"),
     ],
 )
 def test_invalid_settings_fail_at_startup_naming_the_setting(make_app, settings, named):
@@ -68,6 +70,14 @@ def test_invalid_environment_variable_fails_at_startup(monkeypatch, tmp_path):
     monkeypatch.setenv("UNIQUERAND_FLOAT_DECIMALS", "many")
     with pytest.raises(ConfigError, match="FLOAT_DECIMALS"):
         create_app()
+
+
+def test_the_widest_json_safe_int_range_is_served_by_every_stage(make_app):
+    client = make_app(INT_MIN=-(2**53 - 1), INT_MAX=2**53 - 1).test_client()
+    for stage in ("v1", "v2", "v3", "v5"):
+        response = client.get(f"/{stage}/random")
+        assert response.status_code == 200, response.get_json()
+        assert abs(response.get_json()["number"]) < 2**53
 
 
 def test_float_bounds_on_the_grid(make_app):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -281,3 +283,32 @@ def test_v5_forked_child_never_serves_its_parents_lease(tmp_path):
     from_parent = store.issue("int", 99)
 
     assert not set(from_child) & set(from_parent)
+
+
+def serve_a_batch(instance: str, out: str) -> None:
+    """Module-level target: one /v5 batch from a process of its own, which then exits (as a server would)."""
+    app = create_app({"INSTANCE_PATH": instance, "TESTING": True})
+    Path(out).write_text(json.dumps(app.test_client().get("/v5/random?count=20").json["numbers"]))
+
+
+def test_v5_an_emptied_counter_database_is_refused_not_replayed(make_app, instance_path, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(target=serve_a_batch, args=(str(instance_path), str(tmp_path / "first.json")))
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    assert len(json.loads((tmp_path / "first.json").read_text())) == 20
+    (instance_path / "v5" / "counters.db").write_bytes(b"")
+    response = make_app().test_client().get("/v5/random?count=20")
+    assert response.status_code == 500, response.json
+    assert response.json["code"] == "store_key_invalid"
+    assert "no record of its key" in response.json["error"]
+
+
+def test_v5_processes_with_other_spaces_never_lease_the_same_counter(make_app):
+    # Two servers on one folder with different settings: the second must not permute the first's counter.
+    narrow, wide = make_app(INT_MAX=1000).test_client(), make_app(INT_MAX=1001).test_client()
+    assert narrow.get("/v5/random?count=100").status_code == 200
+    response = wide.get("/v5/random?count=100")
+    assert response.status_code == 500
+    assert response.json["code"] == "store_corrupt"

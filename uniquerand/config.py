@@ -59,8 +59,8 @@ def _positive_number(config: dict, key: str) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be a number, got {value!r}.") from None
-    if isinstance(value, bool) or not number > 0:
-        raise ConfigError(f"{key} must be a positive number, got {value!r}.")
+    if isinstance(value, bool) or not 0 < number <= 3600:
+        raise ConfigError(f"{key} must be a positive number of seconds, at most 3600, got {value!r}.")
     return number
 
 

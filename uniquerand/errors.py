@@ -61,12 +61,18 @@ def handle_http_exception(error: HTTPException):
 
 
 def handle_store_error(error: StoreError):
-    status, code, retryable = STORE_ERROR_RESPONSES.get(type(error), (500, "store_error", False))
+    status, code, retryable = next(
+        (STORE_ERROR_RESPONSES[cls] for cls in type(error).__mro__ if cls in STORE_ERROR_RESPONSES),
+        (500, "store_error", False),
+    )
     extra: dict[str, Any] = {"code": code}
     if isinstance(error, InsufficientRemainingError):
         extra.update(requested=error.requested, remaining=error.remaining)
     level = logging.ERROR if status == 500 else logging.WARNING
-    event(log, "store_error", level, code=code, status=status, path=request.path, message=str(error))
+    fields = {"code": code, "status": status, "path": request.path, "message": str(error)}
+    if error.detail:
+        fields["detail"] = error.detail
+    event(log, "store_error", level, **fields)
     response = json_error(status, str(error), **extra)
     if retryable:
         response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER"])

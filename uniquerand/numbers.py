@@ -13,8 +13,9 @@ from typing import Literal
 NumberKind = Literal["int", "float"]
 KINDS: tuple[NumberKind, ...] = ("int", "float")
 
-# Beyond 2**53 a JSON number (an IEEE double in most clients) no longer holds every integer exactly.
-JSON_SAFE_LIMIT = 2**53
+# Beyond 2**53 - 1 (JavaScript's Number.MAX_SAFE_INTEGER) a JSON number, an IEEE double in most clients,
+# no longer stands for one integer only.
+JSON_SAFE_LIMIT = 2**53 - 1
 # A float's grid steps must stay below 2**52: there a double's spacing is under one grid step, so distinct
 # codes are distinct doubles and each parses back to its own code.
 FLOAT_STEPS_LIMIT = 2**52

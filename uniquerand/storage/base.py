@@ -19,6 +19,9 @@ T = TypeVar("T")
 class StoreError(Exception):
     """A store could not do what was asked; nothing was issued."""
 
+    # The underlying fault (an sqlite3 or OS error), for the log only: clients get the message.
+    detail: str | None = None
+
 
 class StoreBusyError(StoreError):
     """The store's lock was held past the timeout; retrying later may succeed."""

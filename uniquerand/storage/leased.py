@@ -67,6 +67,7 @@ UPDATE counters
 SET lease_start = next,
     next = next + max(:need, min(:want, (high - low + 1 - next + {TAIL_SHARE - 1}) / {TAIL_SHARE}))
 WHERE kind = :kind AND high - low + 1 - next >= :need
+  AND low = :low AND high = :high AND decimals = :decimals
 RETURNING lease_start, next
 """
 
@@ -184,10 +185,12 @@ class LeasedCounterStore:
             with self._database(process) as connection:
                 rows = connection.execute(
                     "UPDATE counters SET next = next + :n, accounted = accounted + :n "
-                    "WHERE kind = :kind AND high - low + 1 - next >= :n RETURNING next",
-                    {"n": count, "kind": kind},
+                    "WHERE kind = :kind AND high - low + 1 - next >= :n "
+                    "AND low = :low AND high = :high AND decimals = :decimals RETURNING next",
+                    {"n": count, **self._space_of(kind)},
                 ).fetchall()
                 if not rows:
+                    self._check_spaces(connection)
                     raise InsufficientRemainingError(count, self._counter_remaining(connection, kind))
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -280,7 +283,11 @@ class LeasedCounterStore:
         """Leases at least `need` and at most `want` counters in one durable statement; None if fewer than
         `need` are left."""
         with self._database(process) as connection:
-            rows = connection.execute(LEASE, {"need": need, "want": want, "kind": kind}).fetchall()
+            rows = connection.execute(LEASE, {"need": need, "want": want, **self._space_of(kind)}).fetchall()
+            if not rows:
+                # Raises if the counter was leased in another space; takes back an unused one; then once more.
+                self._check_spaces(connection)
+                rows = connection.execute(LEASE, {"need": need, "want": want, **self._space_of(kind)}).fetchall()
             if not rows:
                 return None
             start, stop = rows[0]
@@ -289,6 +296,12 @@ class LeasedCounterStore:
                 atexit.register(self._close_leases, process)
                 process.exit_hook = True
             return _Block(start, stop)
+
+    def _space_of(self, kind: NumberKind) -> dict[str, object]:
+        """The statement parameters that tie a lease to this process's space: a counter of another space
+        (another process, other settings) must never be leased under this one's permutation."""
+        space = self.spaces[kind]
+        return {"kind": kind, "low": space.low, "high": space.high, "decimals": space.decimals}
 
     def _close_leases(self, process: _ProcessState) -> None:
         """At a clean exit, records how much of this process's leases went unserved (the known gaps)."""
@@ -364,39 +377,48 @@ class LeasedCounterStore:
     # The key.
 
     def _ready(self, process: _ProcessState) -> None:
-        """Loads (or, before anything was leased, creates) the key; once per process."""
-        if process.key is not None:
-            return
-        with self._database(process) as connection:
-            leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
-            key = read_key(self.key_path, self.label)
-            if key is None:
-                if leased:
-                    raise StoreKeyError(
-                        f"The {self.label} store's key is missing but its counters have been used: a new key would "
-                        "re-issue numbers. Restore the key file from where the counters came from."
-                    )
-                key = create_key(self.key_path, self.label)
-            self._check_fingerprint(connection, key)
-        process.key = key
+        """Loads (or, with a new database, creates) the key; once per process."""
+        if process.key is None:
+            with self._database(process) as connection:
+                process.key = self._load_key(connection)
 
-    def _check_fingerprint(self, connection: sqlite3.Connection, key: bytes) -> None:
-        """The database remembers a one-way fingerprint of its key; counters are only served with that key."""
+    def _load_key(self, connection: sqlite3.Connection) -> bytes:
+        """The key, checked against the one-way fingerprint the database keeps of it.
+
+        All of it runs under the database's write lock, so a key is published and fingerprinted before any
+        other process looks. A key without a fingerprint means the database was replaced or emptied (a
+        truncated counters.db opens as a new, empty one): counting from 0 again with that key would replay
+        every number, so the stage refuses. A crash between publishing a new key and committing its
+        fingerprint also leaves that state; it is refused too (fail closed: delete the folder to reset)."""
         connection.execute("BEGIN IMMEDIATE")
         try:
             leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
             row = connection.execute("SELECT value FROM meta WHERE name = 'key_fingerprint'").fetchone()
-            if leased and (row is None or row[0] != fingerprint(key)):
+            key = read_key(self.key_path, self.label)
+            if key is None:
+                if leased or row is not None:
+                    raise StoreKeyError(
+                        f"The {self.label} store's key is missing but its counters have been used: a new key "
+                        "would re-issue numbers. Restore the key file from where the counters came from."
+                    )
+                key = create_key(self.key_path, self.label)
+                connection.execute("INSERT INTO meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint(key),))
+            elif row is None:
+                raise StoreKeyError(
+                    f"The {self.label} store's counter database ({FILE_NAME}) has no record of its key: it was "
+                    "replaced or emptied, and counting again would re-issue numbers. Restore it, or delete the "
+                    "stage's folder to reset the stage."
+                )
+            elif row[0] != fingerprint(key):
                 raise StoreKeyError(
                     f"The {self.label} store's key is not the one its counters were used with; it was left as is."
                 )
-            connection.execute(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint(key),)
-            )
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+        return key
 
     @contextmanager
     def _locked(self, lock: threading.Lock) -> Iterator[None]:

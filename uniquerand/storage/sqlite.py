@@ -38,20 +38,36 @@ CREATE TABLE IF NOT EXISTS issued_float (code INTEGER PRIMARY KEY);
 """
 
 
+# What a client is told for SQLite's error classes; the error itself goes to the log only.
+UNAVAILABLE_REASONS = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_READONLY": "its folder is read-only",
+    "SQLITE_CANTOPEN": "its file cannot be opened",
+    "SQLITE_IOERR": "an I/O error occurred",
+    "SQLITE_PERM": "its file may not be written",
+}
+
+
 def store_error(err: BaseException, label: str) -> StoreError:
-    """The typed store error for an sqlite3 or OS exception (shared by every SQLite-backed store)."""
+    """The typed store error for an sqlite3 or OS exception (shared by every SQLite-backed store).
+
+    Its message is fixed per class of fault; the underlying error is kept in `detail` for the log."""
     if isinstance(err, StoreError):
         return err
-    if isinstance(err, OSError):
-        return StoreUnavailableError(f"The {label} store cannot be used: {err.strerror}.")
     name = getattr(err, "sqlite_errorname", "") or ""
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return StoreBusyError(f"The {label} store is busy; retry shortly.")
-    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
-        return StoreCorruptError(
-            f"The {label} store is not a readable SQLite database ({err}); it was left untouched for an operator."
+    if isinstance(err, OSError):
+        error: StoreError = StoreUnavailableError(f"The {label} store cannot be used: {err.strerror}.")
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        error = StoreBusyError(f"The {label} store is busy; retry shortly.")
+    elif name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        error = StoreCorruptError(
+            f"The {label} store is not a readable SQLite database; it was left untouched for an operator."
         )
-    return StoreUnavailableError(f"The {label} store cannot be used: {err}.")
+    else:
+        reason = next((text for prefix, text in UNAVAILABLE_REASONS.items() if name.startswith(prefix)), None)
+        error = StoreUnavailableError(f"The {label} store cannot be used: {reason or 'a storage error occurred'}.")
+    error.detail = f"{type(err).__name__}: {err}"
+    return error
 
 
 def insert_new_codes(connection: sqlite3.Connection, table: str, codes: list[int]) -> list[int]:
