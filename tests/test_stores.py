@@ -200,9 +200,12 @@ def test_json_file_store_sees_writes_of_another_store_object(tmp_path):
 def test_sqlite_store_is_wal_and_fully_synchronous(tmp_path):
     store = make_store("sqlite", tmp_path)
     store.issue("int")
-    connection = store._reader()
-    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    # The setting belongs to each connection: ask the one that writes, inside a group commit.
+    writer = store._committer.get().submit(
+        lambda connection: connection.execute("PRAGMA synchronous").fetchone()[0], writes_once=True
+    )
+    assert writer == 2  # FULL
+    assert store._reader().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_stores_keep_working_across_threads_started_later(backend, tmp_path):
@@ -228,3 +231,22 @@ def test_threads_racing_at_a_fresh_store_build_its_process_state_once(backend, t
         with ThreadPoolExecutor(12) as pool:
             codes = [code for batch in pool.map(first_request, range(12)) for code in batch]
         assert len(set(codes)) == 12
+
+
+def test_sqlite_store_refuses_an_emptied_database(tmp_path):
+    store = make_store("sqlite", tmp_path)
+    store.issue("int", 5)
+    del store
+    (tmp_path / "numbers.db").write_bytes(b"")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"numbers.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(StoreCorruptError, match="empty file"):
+        make_store("sqlite", tmp_path).issue("int")
+    assert (tmp_path / "numbers.db").read_bytes() == b""
+
+
+def test_sqlite_store_is_published_whole(tmp_path):
+    make_store("sqlite", tmp_path).issue("int")
+    assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("numbers.db")) == []
+    connection = sqlite3.connect(tmp_path / "numbers.db")
+    assert connection.execute("SELECT value FROM meta WHERE key = 'float_decimals'").fetchone() == (6,)

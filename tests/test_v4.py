@@ -221,3 +221,20 @@ def test_v4_invalid_settings_name_the_setting(instance_path, settings, message):
 def test_v4_refill_mark_defaults_to_half_the_shard_size(make_app, monkeypatch):
     monkeypatch.setenv("UNIQUERAND_V4_SHARD_SIZE", "3000")
     assert make_app().config["V4_REFILL_AT"] == 1500
+
+
+def test_v4_a_lost_ledger_is_refused_not_refilled_from(make_app, instance_path):
+    # Served numbers are only in the ledger once a shard's rows are gone: a new, empty ledger would pool
+    # them again. Space 1..60: 40 served, then the ledger deleted.
+    settings = {"INT_MIN": 1, "INT_MAX": 60, "V4_SHARD_SIZE": 1000, "MAX_COUNT": 100}
+    app = make_app(**settings)
+    app.extensions["uniquerand"]["stores"]["v4"].fill_shards(30)
+    served = app.test_client().get("/v4/random?count=40").json["numbers"]
+    assert len(served) == 40
+    (instance_path / "v4" / "used_numbers_int.db").unlink()
+    for suffix in ("-wal", "-shm"):
+        (instance_path / "v4" / f"used_numbers_int.db{suffix}").unlink(missing_ok=True)
+    response = make_app(**settings).test_client().get("/v4/random?count=10")
+    assert response.status_code == 500, response.json
+    assert response.json["code"] == "store_corrupt"
+    assert "another ledger" in response.json["error"]

@@ -347,7 +347,8 @@ class LeasedCounterStore:
             try:
                 self._check_spaces(connection)
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
         except BaseException:

@@ -75,6 +75,10 @@ def ledger_name(kind: NumberKind) -> str:
     return f"used_numbers_{kind}.db"
 
 
+def _new_id() -> int:
+    return secrets.randbits(62)
+
+
 def _kind_of(name: str) -> NumberKind:
     """The kind of a shard or ledger file name."""
     return "int" if name.startswith(("int_", ledger_name("int"))) else "float"
@@ -187,8 +191,8 @@ class ShardedSqliteStore:
             if name not in state.leading:
                 state.leading.add(name)
                 request.lead = True
-        if not request.lead:
-            request.ready.wait()
+        if not request.lead and not request.ready.wait(self._follower_timeout()):
+            self._give_up(state, name, request)
         if request.lead:
             self._lead_claims(name)
         if request.error is not None:
@@ -198,6 +202,22 @@ class ShardedSqliteStore:
             # Unused rows all lie above the claimed ids, so max(id) - last claimed id counts what is left.
             self._schedule_refill(name)
         return rows
+
+    def _follower_timeout(self) -> float:
+        # A leader may wait for the open lock, the claim lock and SQLite in turn, each up to LOCK_TIMEOUT.
+        return 3 * self.lock_timeout + 1
+
+    def _give_up(self, state: _ProcessState, name: str, request: _ClaimRequest) -> None:
+        """A follower that waited too long answers busy instead of hanging. If it was still queued it
+        leaves the queue (nothing was claimed for it); if a running statement holds its rows, they are
+        burned: marked used and never served."""
+        with state.guard:
+            if request.lead or request.ready.is_set():
+                return  # promoted or served just now: go on as usual
+            queue = state.claim_queues.get(name, [])
+            if request in queue:
+                queue.remove(request)
+        raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
 
     def _lead_claims(self, name: str) -> None:
         """Runs one claim statement for every queued request, then hands the lead to the next in line."""
@@ -542,15 +562,34 @@ class ShardedSqliteStore:
                 connection.execute("PRAGMA cache_size = -65536")
                 connection.executescript(LEDGER_SCHEMA)
                 self._check_meta(connection, name, "float_decimals", self.spaces["float"].decimals)
+                connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('ledger_id', ?)", (_new_id(),))
                 self._count_ledger_in_range(connection, _kind_of(name))
             else:
                 connection.executescript(SHARD_SCHEMA)
                 self._check_meta(connection, name, "float_decimals", self.spaces["float"].decimals)
+                self._check_ledger_id(connection, name)
                 self._retire_out_of_range(connection, _kind_of(name))
         except BaseException:
             connection.close()
             raise
         return connection
+
+    def _check_ledger_id(self, connection: sqlite3.Connection, name: str) -> None:
+        """A shard belongs to the ledger it was filled from. A ledger that was deleted or emptied comes back
+        as a new one, with a new id, that no longer knows what the shards served: it would pool those
+        numbers again, so the shard refuses to serve."""
+        ledger = self._open_unlocked(ledger_name(_kind_of(name)))
+        try:
+            ledger_id = ledger.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()[0]
+        finally:
+            ledger.close()
+        connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('ledger_id', ?)", (ledger_id,))
+        if connection.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()[0] != ledger_id:
+            raise StoreCorruptError(
+                f"The {self.label} shard {name} was filled from another ledger than {ledger_name(_kind_of(name))}: "
+                "the ledger was replaced or emptied and would pool served numbers again. Restore it, or delete "
+                "the stage's folder to reset the stage."
+            )
 
     def _check_meta(self, connection: sqlite3.Connection, name: str, key: str, value: int) -> None:
         connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -613,7 +652,9 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        connection.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk); a second ROLLBACK would hide the first error.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
 

@@ -9,6 +9,7 @@ A file that is not a database is never touched: the store fails closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -182,6 +183,14 @@ class SqliteStore:
 
     def _open(self) -> sqlite3.Connection:
         self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._create()
+        if self.path.stat().st_size == 0:
+            # The store is only ever published whole (see _create): an empty file was truncated. Opening it
+            # would start an empty store and re-issue every number.
+            raise StoreCorruptError(
+                f"The {self.label} store ({FILE_NAME}) is an empty file; it was left untouched for an operator."
+            )
         connection = connect(self.path, self.lock_timeout)
         try:
             self._prepare(connection)
@@ -189,6 +198,35 @@ class SqliteStore:
             connection.close()
             raise
         return connection
+
+    def _create(self) -> None:
+        """Builds a new database under a private name and publishes it whole with `os.link`, which fails if
+        another process published first; so the store's file is never seen half made, and an empty one can
+        only mean damage."""
+        temporary = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.{threading.get_ident()}")
+        for leftover in (temporary, temporary.with_name(temporary.name + "-wal")):
+            leftover.unlink(missing_ok=True)
+        try:
+            connection = connect(temporary, self.lock_timeout)
+            try:
+                self._prepare(connection)
+            finally:
+                connection.close()  # checkpoints the WAL into the file and removes it
+            descriptor = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, self.path)
+            descriptor = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        finally:
+            for leftover in (temporary, *(temporary.with_name(temporary.name + end) for end in ("-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         connection.executescript(SCHEMA)
