@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from uniquerand.bench.server import BenchError, Server, get_json
@@ -37,10 +38,18 @@ def listed_stages(server: Server) -> list[dict]:
     return index["stages"]
 
 
+RETRYABLE = {"shards_empty", "store_busy", "store_unavailable", "retries_exhausted"}
+
+
 def accepts_count(server: Server, random_path: str, kind: str) -> tuple[bool, list]:
     """Whether the stage answers `count=1` with a batch; also returns the number the probe was given,
     which the caller records with the stage's others (it counts for duplicates)."""
-    status, body = get_json(server.port, f"{random_path}?type={kind}&count=1")
+    for _ in range(50):
+        status, body = get_json(server.port, f"{random_path}?type={kind}&count=1")
+        # A stage that is warming up (/v4 filling its shards) answers a retryable 503: ask again.
+        if status != 503 or not isinstance(body, dict) or body.get("code") not in RETRYABLE:
+            break
+        time.sleep(0.1)
     if status == 200 and isinstance(body, dict) and isinstance(body.get("numbers"), list):
         return True, body["numbers"]
     return False, [body["number"]] if status == 200 and isinstance(body, dict) and "number" in body else []
