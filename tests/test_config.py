@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from uniquerand import create_app
@@ -19,7 +21,9 @@ def test_defaults(app, instance_path):
 
 def test_default_instance_path_is_beside_wsgi():
     app = create_app()
-    assert app.config["INSTANCE_PATH"].endswith("/instance")
+    repo = Path(__file__).resolve().parent.parent
+    assert (repo / "wsgi.py").is_file()
+    assert app.config["INSTANCE_PATH"] == str(repo / "instance")
 
 
 def test_environment_overrides_defaults(monkeypatch, tmp_path):

@@ -144,6 +144,9 @@ def test_a_held_lock_makes_the_store_busy_not_hang(backend, tmp_path):
     finally:
         release.set()
         holder.join(30)
+        if holder.is_alive():
+            holder.kill()
+            holder.join(10)
     assert holder.exitcode == 0
     assert len(store.issue("int")) == 1
 

@@ -55,10 +55,16 @@ def test_v5_server_kill9_then_restart_never_repeats(make_server, instance_path):
     first: list[tuple] = []
     load = threading.Thread(target=lambda: first.extend(hammer(server.port, ["/v5/random"] * 800, 16, 10)))
     load.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 20
+    # Kill once the workers have leased a few blocks: the load is then surely under way.
+    while time.monotonic() < deadline and server.get("/v5/stats")[1]["types"]["int"]["counter"] < 200:
+        time.sleep(0.02)
     server.kill9()
     load.join(timeout=60)
     assert not load.is_alive()
+    answered = [body for status, body in first if status == 200]
+    assert answered, "the load must have been under way when the server was killed"
+    assert len(answered) < 800, "the kill must have interrupted the load"
 
     restarted = make_server(env=env, workers=3, threads=4)
     second = hammer(restarted.port, ["/v5/random"] * 300 + ["/v5/random?count=10"] * 30, concurrency=16)

@@ -8,7 +8,7 @@ from uniquerand.errors import InvalidParameterError
 from uniquerand.numbers import KINDS, NumberKind
 
 
-def stage(name: str):
+def store(name: str):
     """The store of the named stage, built by `create_app`."""
     return current_app.extensions["uniquerand"]["stores"][name]
 
@@ -66,4 +66,4 @@ def numbers_response(kind: NumberKind, codes: list[int], batch: bool = False, **
 
 
 def stats_response(name: str):
-    return jsonify({"stage": name, "types": stage(name).stats()})
+    return jsonify({"stage": name, "types": store(name).stats()})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from uniquerand.blueprints.common import lenient_type, numbers_response, stage, stats_response
+from uniquerand.blueprints.common import lenient_type, numbers_response, stats_response, store
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -12,7 +12,7 @@ bp = Blueprint("v1", __name__, url_prefix="/v1")
 @bp.get("/random")
 def random_number():
     kind = lenient_type()
-    return numbers_response(kind, stage("v1").issue(kind))
+    return numbers_response(kind, store("v1").issue(kind))
 
 
 @bp.get("/stats")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from uniquerand.blueprints.common import batch_count, numbers_response, stage, stats_response, strict_type
+from uniquerand.blueprints.common import batch_count, numbers_response, stats_response, store, strict_type
 
 bp = Blueprint("v3", __name__, url_prefix="/v3")
 
@@ -12,7 +12,7 @@ bp = Blueprint("v3", __name__, url_prefix="/v3")
 @bp.get("/random")
 def random_number():
     kind, count = strict_type(), batch_count()
-    return numbers_response(kind, stage("v3").issue(kind, count or 1), batch=count is not None)
+    return numbers_response(kind, store("v3").issue(kind, count or 1), batch=count is not None)
 
 
 @bp.get("/stats")

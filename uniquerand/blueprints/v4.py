@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from uniquerand.blueprints.common import batch_count, numbers_response, stage, stats_response, strict_type
+from uniquerand.blueprints.common import batch_count, numbers_response, stats_response, store, strict_type
 
 bp = Blueprint("v4", __name__, url_prefix="/v4")
 
@@ -12,7 +12,7 @@ bp = Blueprint("v4", __name__, url_prefix="/v4")
 @bp.get("/random")
 def random_number():
     kind, count = strict_type(), batch_count()
-    claimed = stage("v4").claim(kind, count or 1)
+    claimed = store("v4").claim(kind, count or 1)
     codes = [code for code, _ in claimed]
     if count is None:
         return numbers_response(kind, codes, shard=claimed[0][1])

@@ -140,8 +140,16 @@ class JsonFileStore:
         self.issue(kind, count)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        with self._file_locked(self._process.get().file_lock):
-            data = self._read()
+        # Through the thread lock too: the file lock object is shared by the process's threads and
+        # reentrant, so it only excludes other processes.
+        state = self._process.get()
+        if not state.thread_lock.acquire(timeout=self.lock_timeout):
+            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
+        try:
+            with self._file_locked(state.file_lock):
+                data = self._read()
+        finally:
+            state.thread_lock.release()
         result = {}
         for kind in KINDS:
             space = self.spaces[kind]
