@@ -57,3 +57,23 @@ def test_kth_free_matches_brute_force():
         free = [code for code in range(0, 60) if code not in used]
         k = rng.randrange(len(free))
         assert kth_free(0, k, used) == free[k]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 1000, 2**32 + 1])
+def test_draw_many_stays_inside_the_space_and_covers_it(size):
+    space = NumberSpace("int", -7, -7 + size - 1)
+    draws = space.draw_many(4000)
+    assert len(draws) == 4000
+    assert all(space.contains(code) for code in draws)
+    if size <= 5:
+        assert set(draws) == set(range(-7, -7 + size))
+
+
+def test_draw_many_is_uniform():
+    # 40 buckets of a space that is not a power of two (rejection sampling must not fold the top).
+    space = NumberSpace("int", 0, 3 * 2**20 - 1)
+    counts = [0] * 40
+    for code in space.draw_many(40_000):
+        counts[code * 40 // space.size] += 1
+    chi_squared = sum((count - 1000) ** 2 / 1000 for count in counts)
+    assert chi_squared < 90  # 39 degrees of freedom: about 80 at p = 1e-5

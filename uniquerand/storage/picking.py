@@ -59,7 +59,7 @@ def _draw_many_free(
     picked: list[int] = []
     for _ in range(max_attempts):
         # A dict keeps the draw order (a set of ints would come out nearly sorted).
-        candidates = list(dict.fromkeys(space.draw() for _ in range(count - len(picked))))
+        candidates = list(dict.fromkeys(space.draw_many(count - len(picked))))
         claimed = claim_many(candidates)
         picked.extend(claimed)
         if len(picked) == count or not claimed:
