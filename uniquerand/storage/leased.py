@@ -15,12 +15,10 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
@@ -29,96 +27,12 @@ from uniquerand.storage.base import (
     InsufficientRemainingError,
     SpaceExhaustedError,
     StoreBusyError,
-    StoreCorruptError,
     StoreError,
-    StoreKeyError,
-    StoreUnavailableError,
 )
-from uniquerand.storage.keyfile import create_key, fingerprint, read_key
-from uniquerand.storage.sqlite import connect, store_error
+from uniquerand.storage.counter_db import FILE_NAME, KEY_NAME, LEASE, CounterDatabase, remaining_in_counter
+from uniquerand.storage.leases import Block, Leases
 
 log = logging.getLogger(__name__)
-
-FILE_NAME = "counters.db"
-KEY_NAME = "key"
-# Share of the current block served before the next one is leased in the background.
-PREFETCH_AT = 0.1
-# Near the end of the space a lease takes at most 1/TAIL_SHARE of what is left, so that the numbers
-# held unserved by other workers when the counter runs out stay few (see README, /v5).
-TAIL_SHARE = 16
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS counters (
-    kind TEXT PRIMARY KEY,
-    low INTEGER NOT NULL,
-    high INTEGER NOT NULL,
-    decimals INTEGER NOT NULL,
-    next INTEGER NOT NULL DEFAULT 0,
-    lease_start INTEGER NOT NULL DEFAULT 0,
-    accounted INTEGER NOT NULL DEFAULT 0,
-    skipped INTEGER NOT NULL DEFAULT 0
-);
-"""
-# `next` is the high-water mark: every counter below it belongs to a lease (or a prefill). SET reads
-# the old row, so lease_start is where this lease begins. `accounted` counts leases closed cleanly
-# (and prefills), `skipped` their counters never served.
-LEASE = f"""
-UPDATE counters
-SET lease_start = next,
-    next = next + max(:need, min(:want, (high - low + 1 - next + {TAIL_SHARE - 1}) / {TAIL_SHARE}))
-WHERE kind = :kind AND high - low + 1 - next >= :need
-  AND low = :low AND high = :high AND decimals = :decimals
-RETURNING lease_start, next
-"""
-
-
-@dataclass
-class _Block:
-    """Counters [position, stop) of a lease that began at `start`, not yet served."""
-
-    start: int
-    stop: int
-    position: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.position = self.start
-
-
-@dataclass
-class _Leases:
-    """One kind's counters in this process: blocks in lease order, the first one being served."""
-
-    blocks: deque[_Block] = field(default_factory=deque)
-    prefetch: Future | None = None
-    counter_exhausted: bool = False
-    leased: int = 0
-    served: int = 0
-    permutation: FeistelPermutation | None = None
-
-    @property
-    def available(self) -> int:
-        return sum(block.stop - block.position for block in self.blocks)
-
-    def take(self, count: int) -> list[tuple[int, int]]:
-        ranges = []
-        while count:
-            block = self.blocks[0]
-            stop = min(block.stop, block.position + count)
-            ranges.append((block.position, stop))
-            count -= stop - block.position
-            block.position = stop
-            if block.position == block.stop:
-                self.blocks.popleft()
-        self.served += sum(stop - start for start, stop in ranges)
-        return ranges
-
-    def wants_prefetch(self) -> bool:
-        if self.prefetch is not None or self.counter_exhausted or len(self.blocks) > 1:
-            return False
-        if not self.blocks:
-            return True
-        block = self.blocks[0]
-        return block.position - block.start >= PREFETCH_AT * (block.stop - block.start)
 
 
 class _ProcessState:
@@ -132,7 +46,7 @@ class _ProcessState:
         self.executor: ThreadPoolExecutor | None = None
         self.key: bytes | None = None
         self.exit_hook = False
-        self.leases: dict[NumberKind, _Leases] = {kind: _Leases() for kind in KINDS}
+        self.leases: dict[NumberKind, Leases] = {kind: Leases() for kind in KINDS}
 
 
 class LeasedCounterStore:
@@ -152,6 +66,7 @@ class LeasedCounterStore:
         self.label = label
         self.block_size = block_size
         self.lock_timeout = lock_timeout
+        self._counters = CounterDatabase(self.folder, spaces, label=label, lock_timeout=lock_timeout)
         self._process = _ProcessState()
         # A child starts with nothing of its parent's: leases inherited by two processes would be served twice.
         this = weakref.ref(self)
@@ -187,11 +102,11 @@ class LeasedCounterStore:
                     "UPDATE counters SET next = next + :n, accounted = accounted + :n "
                     "WHERE kind = :kind AND high - low + 1 - next >= :n "
                     "AND low = :low AND high = :high AND decimals = :decimals RETURNING next",
-                    {"n": count, **self._space_of(kind)},
+                    {"n": count, **self._counters.space_of(kind)},
                 ).fetchall()
                 if not rows:
-                    self._check_spaces(connection)
-                    raise InsufficientRemainingError(count, self._counter_remaining(connection, kind))
+                    self._counters.check_spaces(connection)
+                    raise InsufficientRemainingError(count, remaining_in_counter(connection, kind))
 
     def stats(self) -> dict[str, dict[str, int]]:
         process = self._process
@@ -222,7 +137,7 @@ class LeasedCounterStore:
 
     # Serving from memory.
 
-    def _top_up(self, process: _ProcessState, kind: NumberKind, leases: _Leases, count: int) -> None:
+    def _top_up(self, process: _ProcessState, kind: NumberKind, leases: Leases, count: int) -> None:
         """Makes `count` counters available in `leases`, or raises with none of them taken."""
         if leases.prefetch is not None:
             try:
@@ -242,14 +157,14 @@ class LeasedCounterStore:
                 leases.blocks.append(block)
                 return
             with self._database(process) as connection:
-                counter_remaining = self._counter_remaining(connection, kind)
+                counter_remaining = remaining_in_counter(connection, kind)
             leases.counter_exhausted = counter_remaining == 0
         remaining = leases.available + counter_remaining
         if remaining == 0 and count == 1:
             raise SpaceExhaustedError("All possible numbers have been used.")
         raise InsufficientRemainingError(count, remaining)
 
-    def _collect_prefetch(self, leases: _Leases) -> None:
+    def _collect_prefetch(self, leases: Leases) -> None:
         future = leases.prefetch
         if future is None or not future.done():
             return
@@ -265,7 +180,7 @@ class LeasedCounterStore:
         else:
             leases.blocks.append(block)
 
-    def _permutation(self, leases: _Leases, kind: NumberKind, key: bytes) -> FeistelPermutation:
+    def _permutation(self, leases: Leases, kind: NumberKind, key: bytes) -> FeistelPermutation:
         if leases.permutation is None:
             space = self.spaces[kind]
             tweak = f"{kind}:{space.low}:{space.high}:{space.decimals}".encode()
@@ -279,15 +194,17 @@ class LeasedCounterStore:
 
     # The counter database.
 
-    def _lease(self, process: _ProcessState, kind: NumberKind, need: int, want: int) -> _Block | None:
+    def _lease(self, process: _ProcessState, kind: NumberKind, need: int, want: int) -> Block | None:
         """Leases at least `need` and at most `want` counters in one durable statement; None if fewer than
         `need` are left."""
         with self._database(process) as connection:
-            rows = connection.execute(LEASE, {"need": need, "want": want, **self._space_of(kind)}).fetchall()
+            rows = connection.execute(LEASE, {"need": need, "want": want, **self._counters.space_of(kind)}).fetchall()
             if not rows:
                 # Raises if the counter was leased in another space; takes back an unused one; then once more.
-                self._check_spaces(connection)
-                rows = connection.execute(LEASE, {"need": need, "want": want, **self._space_of(kind)}).fetchall()
+                self._counters.check_spaces(connection)
+                rows = connection.execute(
+                    LEASE, {"need": need, "want": want, **self._counters.space_of(kind)}
+                ).fetchall()
             if not rows:
                 return None
             start, stop = rows[0]
@@ -295,13 +212,7 @@ class LeasedCounterStore:
             if not process.exit_hook:
                 atexit.register(self._close_leases, process)
                 process.exit_hook = True
-            return _Block(start, stop)
-
-    def _space_of(self, kind: NumberKind) -> dict[str, object]:
-        """The statement parameters that tie a lease to this process's space: a counter of another space
-        (another process, other settings) must never be leased under this one's permutation."""
-        space = self.spaces[kind]
-        return {"kind": kind, "low": space.low, "high": space.high, "decimals": space.decimals}
+            return Block(start, stop)
 
     def _close_leases(self, process: _ProcessState) -> None:
         """At a clean exit, records how much of this process's leases went unserved (the known gaps)."""
@@ -321,59 +232,12 @@ class LeasedCounterStore:
         except StoreError as err:
             log.warning("could not record the unserved rest of the %s leases: %s", self.label, err)
 
-    @staticmethod
-    def _counter_remaining(connection: sqlite3.Connection, kind: NumberKind) -> int:
-        query = "SELECT high - low + 1 - next FROM counters WHERE kind = ?"
-        return connection.execute(query, (kind,)).fetchone()[0]
-
     @contextmanager
     def _database(self, process: _ProcessState) -> Iterator[sqlite3.Connection]:
-        with self._locked(process.db_lock), self._translated_errors():
+        with self._locked(process.db_lock), self._counters.translated_errors():
             if process.connection is None:
-                process.connection = self._open()
+                process.connection = self._counters.open()
             yield process.connection
-
-    def _open(self) -> sqlite3.Connection:
-        if not self.path.exists() and self.key_path.exists():
-            raise StoreKeyError(
-                f"The {self.label} store's counter database ({FILE_NAME}) is missing but its key exists: a new "
-                "counter would re-issue numbers. Restore the database, or delete the key to reset the stage."
-            )
-        self.folder.mkdir(parents=True, exist_ok=True)
-        connection = connect(self.path, self.lock_timeout)
-        try:
-            connection.executescript(SCHEMA)
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                self._check_spaces(connection)
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    def _check_spaces(self, connection: sqlite3.Connection) -> None:
-        for kind in KINDS:
-            space = self.spaces[kind]
-            wanted = (space.low, space.high, space.decimals)
-            connection.execute(
-                "INSERT OR IGNORE INTO counters (kind, low, high, decimals) VALUES (?, ?, ?, ?)", (kind, *wanted)
-            )
-            # A counter indexes one space only; before anything is leased the space may still change.
-            connection.execute(
-                "UPDATE counters SET low = ?, high = ?, decimals = ? WHERE kind = ? AND next = 0", (*wanted, kind)
-            )
-            stored = connection.execute("SELECT low, high, decimals FROM counters WHERE kind = ?", (kind,)).fetchone()
-            if tuple(stored) != wanted:
-                settings = "INT_MIN/INT_MAX" if kind == "int" else "FLOAT_MIN/FLOAT_MAX/FLOAT_DECIMALS"
-                raise StoreCorruptError(
-                    f"The {self.label} store's {kind} counter was written for another space ({settings} changed); "
-                    "serving it in this one could re-issue numbers."
-                )
 
     # The key.
 
@@ -381,45 +245,7 @@ class LeasedCounterStore:
         """Loads (or, with a new database, creates) the key; once per process."""
         if process.key is None:
             with self._database(process) as connection:
-                process.key = self._load_key(connection)
-
-    def _load_key(self, connection: sqlite3.Connection) -> bytes:
-        """The key, checked against the one-way fingerprint the database keeps of it.
-
-        All of it runs under the database's write lock, so a key is published and fingerprinted before any
-        other process looks. A key without a fingerprint means the database was replaced or emptied (a
-        truncated counters.db opens as a new, empty one): counting from 0 again with that key would replay
-        every number, so the stage refuses. A crash between publishing a new key and committing its
-        fingerprint also leaves that state; it is refused too (fail closed: delete the folder to reset)."""
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
-            row = connection.execute("SELECT value FROM meta WHERE name = 'key_fingerprint'").fetchone()
-            key = read_key(self.key_path, self.label)
-            if key is None:
-                if leased or row is not None:
-                    raise StoreKeyError(
-                        f"The {self.label} store's key is missing but its counters have been used: a new key "
-                        "would re-issue numbers. Restore the key file from where the counters came from."
-                    )
-                key = create_key(self.key_path, self.label)
-                connection.execute("INSERT INTO meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint(key),))
-            elif row is None:
-                raise StoreKeyError(
-                    f"The {self.label} store's counter database ({FILE_NAME}) has no record of its key: it was "
-                    "replaced or emptied, and counting again would re-issue numbers. Restore it, or delete the "
-                    "stage's folder to reset the stage."
-                )
-            elif row[0] != fingerprint(key):
-                raise StoreKeyError(
-                    f"The {self.label} store's key is not the one its counters were used with; it was left as is."
-                )
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-        return key
+                process.key = self._counters.load_key(connection)
 
     @contextmanager
     def _locked(self, lock: threading.Lock) -> Iterator[None]:
@@ -429,12 +255,3 @@ class LeasedCounterStore:
             yield
         finally:
             lock.release()
-
-    @contextmanager
-    def _translated_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as err:
-            raise store_error(err, self.label) from err
-        except OSError as err:
-            raise StoreUnavailableError(f"The {self.label} store cannot be used: {err.strerror}.") from err

@@ -1,0 +1,62 @@
+"""/v5's leases in memory: the counter blocks a process leased for one kind, served in lease order, and when
+to lease the next block in the background. Not thread-safe: the store serves them under its thread lock."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from uniquerand.permutation import FeistelPermutation
+
+# Share of the current block served before the next one is leased in the background.
+PREFETCH_AT = 0.1
+
+
+@dataclass
+class Block:
+    """Counters [position, stop) of a lease that began at `start`, not yet served."""
+
+    start: int
+    stop: int
+    position: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.position = self.start
+
+
+@dataclass
+class Leases:
+    """One kind's counters in this process: blocks in lease order, the first one being served."""
+
+    blocks: deque[Block] = field(default_factory=deque)
+    prefetch: Future | None = None
+    counter_exhausted: bool = False
+    leased: int = 0
+    served: int = 0
+    permutation: FeistelPermutation | None = None
+
+    @property
+    def available(self) -> int:
+        return sum(block.stop - block.position for block in self.blocks)
+
+    def take(self, count: int) -> list[tuple[int, int]]:
+        ranges = []
+        while count:
+            block = self.blocks[0]
+            stop = min(block.stop, block.position + count)
+            ranges.append((block.position, stop))
+            count -= stop - block.position
+            block.position = stop
+            if block.position == block.stop:
+                self.blocks.popleft()
+        self.served += sum(stop - start for start, stop in ranges)
+        return ranges
+
+    def wants_prefetch(self) -> bool:
+        if self.prefetch is not None or self.counter_exhausted or len(self.blocks) > 1:
+            return False
+        if not self.blocks:
+            return True
+        block = self.blocks[0]
+        return block.position - block.start >= PREFETCH_AT * (block.stop - block.start)
