@@ -48,7 +48,9 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
         # The command name is in parentheses and may hold spaces: split after the last ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        # A killed child stays a zombie until its parent reaps it: it is no longer a worker.
+        if int(parent) == pid and state != "Z":
             result.append(int(entry))
     return result
 
