@@ -65,3 +65,14 @@ def test_no_served_number_appears_in_the_logs(make_app, records):
     assert any("marker" in line for line in lines)
     assert served
     assert not [number for number in served if any(number in line for line in lines)]
+
+
+def test_refills_and_leases_are_logged_as_events(make_app, records):
+    app = make_app()
+    app.extensions["uniquerand"]["stores"]["v4"].fill_shards(50)
+    app.test_client().get("/v5/random")
+    named = [(getattr(record, "event", None), record.fields) for record in records if hasattr(record, "fields")]
+    started = {fields["shard"] for name, fields in named if name == "refill_started"}
+    assert started == {"int_shard_0.db", "int_shard_1.db", "float_shard_0.db", "float_shard_1.db"}
+    assert {fields["added"] for name, fields in named if name == "refill_finished"} == {50}
+    assert ("lease_taken", {"stage": "v5", "kind": "int", "size": 1000}) in named

@@ -21,6 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from uniquerand.logs import event
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.permutation import FeistelPermutation
 from uniquerand.storage.base import (
@@ -173,7 +174,7 @@ class LeasedCounterStore:
             block = future.result()
         except StoreError as err:
             # The next request that needs a lease takes it itself and reports the fault.
-            log.warning("background lease failed: %s", err)
+            event(log, "lease_failed", logging.WARNING, stage=self.label, error=str(err))
             return
         if block is None:
             leases.counter_exhausted = True
@@ -209,6 +210,8 @@ class LeasedCounterStore:
                 return None
             start, stop = rows[0]
             process.leases[kind].leased += stop - start
+            # The size only: counter values, with the key, are the numbers served.
+            event(log, "lease_taken", stage=self.label, kind=kind, size=stop - start)
             if not process.exit_hook:
                 atexit.register(self._close_leases, process)
                 process.exit_hook = True

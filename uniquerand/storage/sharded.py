@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uniquerand.logs import event
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.storage.base import (
     InsufficientRemainingError,
@@ -274,7 +275,9 @@ class ShardedSqliteStore:
                 failed = True
                 # Logged and retried by a later claim that finds the shard low or empty.
                 state.failed_at[name] = time.monotonic()
-                log.exception("refill of %s failed; it will be retried", name)
+                log.exception(
+                    "refill_failed", extra={"event": "refill_failed", "fields": {"stage": self.label, "shard": name}}
+                )
             with state.guard:
                 if failed or name not in state.rerun:
                     state.refills.pop(name, None)
@@ -297,6 +300,8 @@ class ShardedSqliteStore:
             with self._files.translated_errors(name):
                 connection = self._connection(name)
                 available = count_available(connection)
+                if available < target:
+                    event(log, "refill_started", stage=self.label, shard=name, available=available, target=target)
                 while available < target:
                     codes = self._reserve(kind, min(REFILL_CHUNK, target - available))
                     if not codes:
@@ -310,7 +315,12 @@ class ShardedSqliteStore:
                         # Claims that ran meanwhile found this refill running and did not schedule another.
                         available = count_available(connection)
                 if added:
-                    record_refill(connection, added, time.monotonic() - started)
+                    seconds = time.monotonic() - started
+                    record_refill(connection, added, seconds)
+                    event(
+                        log, "refill_finished", stage=self.label, shard=name, added=added, available=available,
+                        seconds=round(seconds, 3),
+                    )  # fmt: skip
             return FillReport(name, added, available)
 
     def fill_shards(self, target: int, progress: Callable[[str, int, int], None] | None = None) -> list[FillReport]:
