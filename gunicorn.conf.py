@@ -11,7 +11,7 @@ keepalive = 5
 # Off on purpose: every worker opens its own SQLite connections, locks and thread pools after the
 # fork, so nothing is inherited half-open from the master.
 preload_app = False
-# Keep the master's control socket out of the working tree.
+# No control socket (gunicorn 27 opens one by default): nothing but the HTTP port listens.
 control_socket_disable = True
 # The default request-line limit (4094 bytes) stays: the longest request this API understands is under
 # 100 bytes, and a larger limit only lets bigger junk in. Beyond it gunicorn answers 414 itself.
