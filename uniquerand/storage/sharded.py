@@ -176,21 +176,27 @@ class ShardedSqliteStore:
     def _lead_claims(self, name: str) -> None:
         """Runs one claim statement for every queued request, then hands the lead to the next in line."""
         state = self._state()
-        with state.guard:
-            batch, state.claim_queues[name] = state.claim_queues[name], []
+        batch: list[_ClaimRequest] = []
         try:
             with self._files.translated_errors(name):
                 connection = state.claim_connections.get(name)
                 if connection is None:
                     connection = state.claim_connections[name] = self._files.open(name)
-                # fetchall(): an unfinished RETURNING statement would keep the write lock held.
                 with self._files.claim_lock(state.claim_lock_files, name):
+                    # Gathered once the lock is held: requests that arrived while this leader waited for the
+                    # other processes join this statement instead of waiting for the next one.
+                    with state.guard:
+                        batch, state.claim_queues[name] = state.claim_queues[name], []
+                    # fetchall(): an unfinished RETURNING statement would keep the write lock held.
                     rows = sorted(connection.execute(CLAIM, (sum(r.count for r in batch),)).fetchall())
             for request in batch:
                 request.rows = [(row_id, code) for row_id, code, _ in rows[: request.count]]
                 request.max_id = rows[0][2] if rows else 0
                 rows = rows[request.count :]
         except BaseException as err:
+            if not batch:
+                with state.guard:
+                    batch, state.claim_queues[name] = state.claim_queues[name], []
             for request in batch:
                 request.error = err
             raise
