@@ -29,6 +29,7 @@ from uniquerand.storage.base import (
     StoreError,
     StoreUnavailableError,
 )
+from uniquerand.storage.durable import fsync_path
 from uniquerand.storage.picking import pick_unused
 
 FILE_NAME = "used_numbers.json"
@@ -223,10 +224,6 @@ class JsonFileStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, self.path)
-            folder = os.open(self.folder, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            fsync_path(self.folder)
         except OSError as err:
             raise StoreUnavailableError(f"Cannot write the {self.label} store: {err.strerror}.") from err

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from uniquerand.permutation import KEY_BYTES
 from uniquerand.storage.base import StoreKeyError
+from uniquerand.storage.durable import fsync_path
 
 
 def read_key(path: Path, label: str) -> bytes | None:
@@ -44,7 +45,7 @@ def create_key(path: Path, label: str) -> bytes:
         # Losing the race is fine: the winner's key is read below.
         with suppress(FileExistsError):
             os.link(temporary, path)
-        _fsync_directory(path.parent)
+        fsync_path(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
     key = read_key(path, label)
@@ -56,11 +57,3 @@ def create_key(path: Path, label: str) -> bytes:
 def fingerprint(key: bytes) -> bytes:
     """A one-way digest that tells keys apart without revealing them."""
     return hashlib.blake2b(key, digest_size=16, person=b"uniquerand-fp").digest()
-
-
-def _fsync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -25,6 +25,7 @@ from uniquerand.storage.base import (
     StoreError,
     StoreUnavailableError,
 )
+from uniquerand.storage.durable import fsync_path
 from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.picking import pick_unused
 
@@ -212,18 +213,10 @@ class SqliteStore:
                 self._prepare(connection)
             finally:
                 connection.close()  # checkpoints the WAL into the file and removes it
-            descriptor = os.open(temporary, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+            fsync_path(temporary)
             with contextlib.suppress(FileExistsError):
                 os.link(temporary, self.path)
-            descriptor = os.open(self.folder, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+            fsync_path(self.folder)
         finally:
             for leftover in (temporary, *(temporary.with_name(temporary.name + end) for end in ("-wal", "-shm"))):
                 leftover.unlink(missing_ok=True)
