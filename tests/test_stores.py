@@ -253,3 +253,22 @@ def test_sqlite_store_is_published_whole(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("numbers.db")) == []
     connection = sqlite3.connect(tmp_path / "numbers.db")
     assert connection.execute("SELECT value FROM meta WHERE key = 'float_decimals'").fetchone() == (6,)
+
+
+def test_json_file_store_hands_out_nothing_when_serving_a_batch_fails_unexpectedly(tmp_path, monkeypatch):
+    # A fault injected into the write (not a store error): every request of the batch must fail, none may
+    # come back with codes that were never written.
+    from uniquerand.storage.json_file import _Request
+
+    store = make_store("json", tmp_path, int_max=100)
+    state = store._process.get()
+    batch = [_Request("int", 1), _Request("int", 1)]
+
+    def failing_write(data):
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(store, "_write", failing_write)
+    with pytest.raises(MemoryError):
+        store._serve(state.file_lock, batch)
+    assert all(request.done and request.codes is None and request.error is not None for request in batch)
+    assert not (tmp_path / "used_numbers.json").exists()

@@ -93,20 +93,33 @@ class JsonFileStore:
         return request.codes
 
     def _serve(self, file_lock: filelock.FileLock, batch: list[_Request]) -> None:
+        claimed: dict[int, list[int]] = {}
         try:
             with self._file_locked(file_lock):
                 data = self._read()
                 used = {kind: set(data[kind]) for kind in KINDS}
                 for request in batch:
                     try:
-                        request.codes = self._claim(data[request.kind], used[request.kind], request)
+                        claimed[id(request)] = self._claim(data[request.kind], used[request.kind], request)
                     except StoreError as err:
                         request.error = err
-                if any(request.error is None for request in batch):
+                if claimed:
                     self._write(data)
-        except StoreError as err:
+            # Only now, with the file written, may any request of the batch see its codes.
             for request in batch:
-                request.error = request.error or err
+                request.codes = claimed.get(id(request))
+        except BaseException as err:
+            # Whatever failed (a store error, or anything unexpected in the thread that serves the batch),
+            # nothing was written: no request of the batch may return codes.
+            failure = (
+                err
+                if isinstance(err, StoreError)
+                else StoreUnavailableError(f"The {self.label} store could not record the numbers; nothing was issued.")
+            )
+            for request in batch:
+                request.codes, request.error = None, request.error or failure
+            if not isinstance(err, StoreError):
+                raise
         finally:
             for request in batch:
                 request.done = True

@@ -80,9 +80,12 @@ def insert_new_codes(connection: sqlite3.Connection, table: str, codes: list[int
     return [code for code in codes if code in inserted]
 
 
-def connect(path: Path, timeout: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, fully synchronous."""
-    connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+def connect(path: Path, timeout: float, create: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, fully synchronous.
+
+    With `create=False` a missing file is an error (SQLITE_CANTOPEN), never a new empty database."""
+    target = f"{Path(path).resolve().as_uri()}?mode={'rwc' if create else 'rw'}"
+    connection = sqlite3.connect(target, timeout=timeout, isolation_level=None, check_same_thread=False, uri=True)
     try:
         connection.execute("PRAGMA journal_mode=WAL").fetchall()
         connection.execute("PRAGMA synchronous=FULL")
@@ -192,7 +195,8 @@ class SqliteStore:
             raise StoreCorruptError(
                 f"The {self.label} store ({FILE_NAME}) is an empty file; it was left untouched for an operator."
             )
-        connection = connect(self.path, self.lock_timeout)
+        # Never creates: a file deleted since the checks above must not come back as an empty store.
+        connection = connect(self.path, self.lock_timeout, create=False)
         try:
             self._prepare(connection)
         except BaseException:
