@@ -238,3 +238,41 @@ def test_v4_a_lost_ledger_is_refused_not_refilled_from(make_app, instance_path):
     assert response.status_code == 500, response.json
     assert response.json["code"] == "store_corrupt"
     assert "another ledger" in response.json["error"]
+
+
+def hold_claim_locks(folder: str, ready, release) -> None:
+    """Module-level target: a process that takes both int shards' claim locks and keeps them (stuck)."""
+    import fcntl
+    import os
+
+    descriptors = [os.open(f"{folder}/int_shard_{index}.db.claim.lock", os.O_RDWR | os.O_CREAT) for index in (0, 1)]
+    for descriptor in descriptors:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    ready.set()
+    release.wait(60)
+
+
+def test_v4_a_stuck_claim_lock_is_a_503_for_every_waiting_request_never_a_hang(make_app, instance_path):
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = make_app(LOCK_TIMEOUT=0.5)
+    app.extensions["uniquerand"]["stores"]["v4"].fill_shards(100)
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=hold_claim_locks, args=(str(instance_path / "v4"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        # Eight requests at once: one leads and waits for the lock, the others queue behind it.
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: app.test_client().get("/v4/random"), range(8)))
+    finally:
+        release.set()
+        holder.join(30)
+        if holder.is_alive():
+            holder.kill()
+    assert [response.status_code for response in responses] == [503] * 8
+    assert {response.json["code"] for response in responses} == {"store_busy"}
+    assert all("Retry-After" in response.headers for response in responses)
+    assert app.test_client().get("/v4/random").status_code == 200
