@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import filelock
 
+from tests.v4_support import rows as read_rows
 from uniquerand.permutation import FeistelPermutation
 
 # Small spaces, so that a store that loses an update repeats a number at once; small shards and leases,
@@ -29,14 +29,6 @@ def code_of(number: int | float, kind: str, decimals: int) -> int:
     return number if kind == "int" else round(number * 10**decimals)
 
 
-def _rows(path: Path, query: str) -> list[tuple]:
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return connection.execute(query).fetchall()
-    finally:
-        connection.close()
-
-
 def recorded_codes(instance: Path, stage: str, kind: str, settings: dict = SETTINGS) -> set[int]:
     """The codes a stage's files record as issued: the JSON list, the SQLite table, the claimed rows of the
     /v4 shards, or /v5's permutation of every counter below its high-water mark."""
@@ -45,15 +37,15 @@ def recorded_codes(instance: Path, stage: str, kind: str, settings: dict = SETTI
         path = folder / "used_numbers.json"
         return set(json.loads(path.read_text())[kind]) if path.exists() else set()
     if stage == "v3":
-        return {code for (code,) in _rows(folder / "numbers.db", f"SELECT code FROM issued_{kind}")}
+        return {code for (code,) in read_rows(folder / "numbers.db", f"SELECT code FROM issued_{kind}")}
     if stage == "v4":
         return {
             code
             for index in (0, 1)
             if (folder / f"{kind}_shard_{index}.db").exists()
-            for (code,) in _rows(folder / f"{kind}_shard_{index}.db", "SELECT code FROM pool WHERE used = 1")
+            for (code,) in read_rows(folder / f"{kind}_shard_{index}.db", "SELECT code FROM pool WHERE used = 1")
         }
-    rows = _rows(folder / "counters.db", f"SELECT low, high, decimals, next FROM counters WHERE kind = '{kind}'")
+    rows = read_rows(folder / "counters.db", f"SELECT low, high, decimals, next FROM counters WHERE kind = '{kind}'")
     if not rows:
         return set()
     low, high, decimals, counter = rows[0]

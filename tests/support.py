@@ -159,3 +159,11 @@ def hammer(port: int, paths: Iterable[str], concurrency: int = 16, timeout: floa
 
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(fetch, paths))
+
+
+def finish_process(process, timeout: float = 30.0) -> None:
+    """Joins a helper process within `timeout`; one still running then is killed, so no test leaks it."""
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join(10)

@@ -27,7 +27,7 @@ from tests.fault_support import (
     tmpfs,
 )
 from tests.history import KINDS, STAGES, History, HistoryError, Operation
-from tests.support import REPO, GunicornServer
+from tests.support import REPO, GunicornServer, finish_process
 from tests.v4_support import assert_files_consistent, ledger_codes
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -383,10 +383,7 @@ def test_stuck_lock_holder_gets_503_with_retry_after_never_a_hang(servers, histo
         history.load(server.port, "lock held", 100, timeout=10)
     finally:
         release.set()
-        holder.join(30)
-        if holder.is_alive():
-            holder.kill()
-            holder.join(10)
+        finish_process(holder)
     assert holder.exitcode == 0
     held = history.of("lock held")
     for stage in ("v1", "v2"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import filelock
 import pytest
 
+from tests.support import finish_process
 from uniquerand.numbers import NumberSpace
 from uniquerand.storage.base import (
     InsufficientRemainingError,
@@ -143,10 +144,7 @@ def test_a_held_lock_makes_the_store_busy_not_hang(backend, tmp_path):
             store.issue("int")
     finally:
         release.set()
-        holder.join(30)
-        if holder.is_alive():
-            holder.kill()
-            holder.join(10)
+        finish_process(holder)
     assert holder.exitcode == 0
     assert len(store.issue("int")) == 1
 

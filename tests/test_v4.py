@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from tests.support import finish_process
 from tests.v4_support import SHARDS, assert_files_consistent, ledger_codes, shard_codes
 from uniquerand import create_app
 from uniquerand.config import ConfigError
@@ -269,9 +270,7 @@ def test_v4_a_stuck_claim_lock_is_a_503_for_every_waiting_request_never_a_hang(m
             responses = list(pool.map(lambda _: app.test_client().get("/v4/random"), range(8)))
     finally:
         release.set()
-        holder.join(30)
-        if holder.is_alive():
-            holder.kill()
+        finish_process(holder)
     assert [response.status_code for response in responses] == [503] * 8
     assert {response.json["code"] for response in responses} == {"store_busy"}
     assert all("Retry-After" in response.headers for response in responses)
