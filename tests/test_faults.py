@@ -183,10 +183,13 @@ def test_kill_9_of_single_workers_repeatedly(servers, history, instance_path, fi
     finally:
         finish(thread, stop)
     # gunicorn replaces every killed worker (booting one takes a while on a loaded machine).
+    # One snapshot per check: a killed worker can turn zombie between two reads of /proc.
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (len(server.worker_pids()) < 3 or set(killed) & set(server.worker_pids())):
+    workers = server.worker_pids()
+    while time.monotonic() < deadline and (len(workers) != 3 or set(killed) & set(workers)):
         time.sleep(0.1)
-    assert len(server.worker_pids()) == 3 and not set(killed) & set(server.worker_pids())
+        workers = server.worker_pids()
+    assert len(workers) == 3 and not set(killed) & set(workers), (workers, killed)
     history.load(server.port, "after", PHASE_REQUESTS)
 
     history.check()
