@@ -12,13 +12,21 @@ from pathlib import Path
 
 import filelock
 
+from tests.support import v3_codes
 from tests.v4_support import rows as read_rows
 from uniquerand.permutation import FeistelPermutation
 
 # Small spaces, so that a store that loses an update repeats a number at once; small shards and leases,
 # so that refills and leases happen all through the load.
 SPACE = {"INT_MIN": 1, "INT_MAX": 6000, "FLOAT_MIN": 0, "FLOAT_MAX": 6, "FLOAT_DECIMALS": 3}
-SETTINGS = {**SPACE, "MAX_COUNT": 10, "V4_SHARD_SIZE": 400, "V4_REFILL_AT": 200, "V5_BLOCK_SIZE": 40}
+SETTINGS = {
+    **SPACE,
+    "MAX_COUNT": 10,
+    "V3_SETTLE_AT": 100,
+    "V4_SHARD_SIZE": 400,
+    "V4_REFILL_AT": 200,
+    "V5_BLOCK_SIZE": 40,
+}
 
 
 def env_of(settings: dict) -> dict[str, str]:
@@ -37,7 +45,7 @@ def recorded_codes(instance: Path, stage: str, kind: str, settings: dict = SETTI
         path = folder / "used_numbers.json"
         return set(json.loads(path.read_text())[kind]) if path.exists() else set()
     if stage == "v3":
-        return {code for (code,) in read_rows(folder / "numbers.db", f"SELECT code FROM issued_{kind}")}
+        return v3_codes(folder / "numbers.db", kind)
     if stage == "v4":
         return {
             code

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +17,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def v3_codes(database: Path, kind: str) -> set[int]:
+    """/v3's issued codes of a type, read from its file: its settled and its recent table, which never share
+    a code."""
+    # One statement, one snapshot: a settling transaction may move codes between two separate reads.
+    query = f"SELECT code, 0 FROM issued_{kind} UNION ALL SELECT code, 1 FROM recent_{kind}"
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(query).fetchall()
+    finally:
+        connection.close()
+    settled = {code for code, recent in rows if not recent}
+    recent = {code for code, recent in rows if recent}
+    assert not settled & recent, f"{len(settled & recent)} codes are both settled and recent"
+    return settled | recent
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import sqlite3
@@ -12,7 +13,8 @@ from pathlib import Path
 import filelock
 import pytest
 
-from tests.support import finish_process
+from tests.support import finish_process, v3_codes
+from tests.v4_support import rows
 from uniquerand.numbers import NumberSpace
 from uniquerand.storage.base import (
     InsufficientRemainingError,
@@ -24,7 +26,9 @@ from uniquerand.storage.base import (
 from uniquerand.storage.json_file import JsonFileStore
 from uniquerand.storage.sqlite import SqliteStore
 
-BACKENDS = {"json": JsonFileStore, "sqlite": SqliteStore}
+# A tiny settle_at: the contract suite runs /v3's settling (recent codes moved into the settled table)
+# all the time, under threads and processes.
+BACKENDS = {"json": JsonFileStore, "sqlite": functools.partial(SqliteStore, settle_at=40)}
 
 
 def make_store(backend: str, folder: Path, int_max: int = 4294967295, decimals: int = 6, lock_timeout: float = 5.0):
@@ -270,3 +274,49 @@ def test_json_file_store_hands_out_nothing_when_serving_a_batch_fails_unexpected
         store._serve(state.file_lock, batch)
     assert all(request.done and request.codes is None and request.error is not None for request in batch)
     assert not (tmp_path / "used_numbers.json").exists()
+
+
+def test_sqlite_store_settles_recent_codes_into_the_settled_table(tmp_path):
+    store = make_store("sqlite", tmp_path, int_max=5000)
+    codes = [store.issue("int")[0] for _ in range(300)]
+    # Rounds run while codes are issued (settle_at=40): the recent table stays small.
+    assert len(v3_codes_in(tmp_path, "recent_int")) < 100
+    codes += store.issue("int", 200)
+
+    stored = v3_codes(tmp_path / "numbers.db", "int")  # also asserts that no code is in both tables
+    assert stored == set(codes) and len(codes) == 500
+    assert store.stats()["int"]["issued"] == 500
+
+
+def test_sqlite_store_prefill_settles_everything(tmp_path):
+    store = make_store("sqlite", tmp_path, int_max=100_000)
+    store.issue("float", 10)
+    store.prefill("float", 2000)
+
+    assert len(v3_codes_in(tmp_path, "issued_float")) == 2010
+    assert v3_codes_in(tmp_path, "recent_float") == set()
+
+
+def test_sqlite_store_never_reissues_a_settled_code(tmp_path):
+    # A space of 60 with settle_at=40: most codes are settled before the space runs out, so every claim
+    # must look in both tables, for single draws, batches and the exact pick near the end.
+    store = make_store("sqlite", tmp_path, int_max=60)
+    codes = store.issue("int", 25) + [store.issue("int")[0] for _ in range(35)]
+
+    assert sorted(codes) == list(range(1, 61))
+    assert v3_codes_in(tmp_path, "issued_int")
+    with pytest.raises(SpaceExhaustedError):
+        store.issue("int")
+
+
+def test_sqlite_store_settles_codes_of_an_earlier_wider_space(tmp_path):
+    make_store("sqlite", tmp_path, int_max=10_000).issue("int", 500)
+    store = make_store("sqlite", tmp_path, int_max=100)
+    store.prefill("int", 0)
+
+    assert len(v3_codes_in(tmp_path, "issued_int")) == 500
+    assert v3_codes_in(tmp_path, "recent_int") == set()
+
+
+def v3_codes_in(folder: Path, table: str) -> set[int]:
+    return {code for (code,) in rows(folder / "numbers.db", f"SELECT code FROM {table}")}

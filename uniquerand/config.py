@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER": 1,
     # Level of the structured event log on stderr: DEBUG, INFO, WARNING or ERROR.
     "LOG_LEVEL": "INFO",
+    # /v3: codes in a type's small "recent" table that start moving them into the large settled one.
+    "V3_SETTLE_AT": 100_000,
     # Counter values /v5 leases per durable write; a crash skips at most the unserved rest of a lease.
     "V5_BLOCK_SIZE": 1000,
     # /v4: available numbers each shard is filled up to, and the low-water mark below which a shard is
@@ -113,6 +115,7 @@ def validate(config: dict) -> None:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {config['LOG_LEVEL']!r}.")
     config["LOG_LEVEL"] = level
+    config["V3_SETTLE_AT"] = _integer(config, "V3_SETTLE_AT", 1, 100_000_000)
     config["V5_BLOCK_SIZE"] = _integer(config, "V5_BLOCK_SIZE", 1, 1_000_000)
     _validate_v4(config)
 

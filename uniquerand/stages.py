@@ -42,7 +42,12 @@ def _json_store(name: str) -> StoreFactory:
 
 def _sqlite_store(folder: Path, spaces: dict[NumberKind, NumberSpace], config: dict) -> SqliteStore:
     return SqliteStore(
-        folder, spaces, label="v3", max_attempts=config["MAX_ATTEMPTS"], lock_timeout=config["LOCK_TIMEOUT"]
+        folder,
+        spaces,
+        label="v3",
+        max_attempts=config["MAX_ATTEMPTS"],
+        lock_timeout=config["LOCK_TIMEOUT"],
+        settle_at=config["V3_SETTLE_AT"],
     )
 
 

@@ -20,17 +20,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from uniquerand.logs import event
+
 log = logging.getLogger(__name__)
 
 Job = Callable[[sqlite3.Connection], Any]
 
 
 class _Pending:
-    __slots__ = ("abandoned", "done", "error", "job", "needs_savepoint", "value")
+    __slots__ = ("abandoned", "done", "error", "job", "needs_savepoint", "posted", "value")
 
-    def __init__(self, job: Job, needs_savepoint: bool) -> None:
+    def __init__(self, job: Job, needs_savepoint: bool, posted: bool = False) -> None:
         self.job = job
         self.needs_savepoint = needs_savepoint
+        self.posted = posted
         self.abandoned = False
         self.done = threading.Event()
         self.value: Any = None
@@ -74,6 +77,11 @@ class GroupCommitter:
             raise pending.error
         return pending.value
 
+    def post(self, job: Job) -> None:
+        """Queues `job` for the next shared transaction without waiting for it (housekeeping); its failure
+        undoes its own writes and is logged."""
+        self._queue.put(_Pending(job, needs_savepoint=True, posted=True))
+
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
@@ -93,6 +101,8 @@ class GroupCommitter:
                     pending.error = pending.error or self._translate(err)
             for pending in batch:
                 pending.done.set()
+                if pending.posted and pending.error is not None:
+                    event(log, "posted_job_failed", logging.WARNING, error=str(pending.error))
 
     def _gather(self, batch: list[_Pending]) -> None:
         while len(batch) < self._max_jobs:

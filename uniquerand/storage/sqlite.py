@@ -3,6 +3,10 @@
 Concurrency: the PRIMARY KEY is the uniqueness check (INSERT OR IGNORE, never check-then-insert),
 inside a `BEGIN IMMEDIATE` transaction that holds SQLite's write lock across every process. Within a
 process, requests are group-committed: the ones that arrive together share one transaction.
+Layout: a code is in exactly one of two tables per type: `recent_<kind>`, small, where new codes go, and
+`issued_<kind>`, large, which recent codes are moved into ("settled") a slice of the space per transaction
+once there are `settle_at` of them. Random keys in a small table dirty few pages per commit; the large
+one is only read on the request path, and written in slices that each touch a fraction of its pages.
 Durability: WAL with `synchronous=FULL`; a request's codes are returned only after COMMIT returned.
 A file that is not a database is never touched: the store fails closed.
 """
@@ -37,7 +41,12 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS issued_int (code INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS issued_float (code INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS recent_int (code INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS recent_float (code INTEGER PRIMARY KEY);
 """
+# Settling moves the recent codes of one slice of the space per transaction, so a transaction touches
+# about 1/SETTLE_SLICES of the settled table's pages and other writers wait that long at most.
+SETTLE_SLICES = 8
 
 
 # What a client is told for SQLite's error classes; the error itself goes to the log only.
@@ -72,10 +81,14 @@ def store_error(err: BaseException, label: str) -> StoreError:
     return error
 
 
-def insert_new_codes(connection: sqlite3.Connection, table: str, codes: list[int]) -> list[int]:
-    """Inserts distinct `codes` into `table` (column `code`, unique) in one statement; returns those that
-    were not there yet, in the order given (RETURNING promises no order, and the order is the draw order)."""
-    query = f"INSERT OR IGNORE INTO {table} (code) SELECT value FROM json_each(?) RETURNING code"
+def insert_new_codes(
+    connection: sqlite3.Connection, table: str, codes: list[int], unless_in: str | None = None
+) -> list[int]:
+    """Inserts distinct `codes` into `table` (column `code`, unique) in one statement, except those already
+    in table `unless_in` if given; returns the codes inserted, in the order given (RETURNING promises no
+    order, and the order is the draw order)."""
+    unless = f" WHERE value NOT IN (SELECT code FROM {unless_in})" if unless_in else ""
+    query = f"INSERT OR IGNORE INTO {table} (code) SELECT value FROM json_each(?){unless} RETURNING code"
     inserted = {code for (code,) in connection.execute(query, (json.dumps(codes),)).fetchall()}
     return [code for code in codes if code in inserted]
 
@@ -95,6 +108,26 @@ def connect(path: Path, timeout: float, create: bool = True) -> sqlite3.Connecti
     return connection
 
 
+class _Settling:
+    """A process's settling bookkeeping: codes it issued since it last asked whether a round is due, and
+    (used by the writer thread only) the round it runs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.issued_since_check = dict.fromkeys(KINDS, 0)
+        self.next_slice = dict.fromkeys(KINDS, 0)
+        self.slices_left = dict.fromkeys(KINDS, 0)
+
+    def due(self, kind: NumberKind, issued: int, settle_at: int) -> bool:
+        """True once every 1/SETTLE_SLICES of `settle_at` codes this process issued: time to count."""
+        with self.lock:
+            self.issued_since_check[kind] += issued
+            if self.issued_since_check[kind] < max(1, settle_at // SETTLE_SLICES):
+                return False
+            self.issued_since_check[kind] = 0
+            return True
+
+
 class SqliteStore:
     def __init__(
         self,
@@ -104,6 +137,7 @@ class SqliteStore:
         label: str,
         max_attempts: int,
         lock_timeout: float,
+        settle_at: int,
     ) -> None:
         self.folder = Path(folder)
         self.path = self.folder / FILE_NAME
@@ -111,18 +145,24 @@ class SqliteStore:
         self.label = label
         self.max_attempts = max_attempts
         self.lock_timeout = lock_timeout
+        self.settle_at = settle_at
         self._readers = PerProcess(threading.local)
         self._committer = PerProcess(self._new_committer)
+        self._settling = PerProcess(_Settling)
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
         # A single number is claimed by its job's last statement (see pick_unused): no savepoint needed.
-        return self._committer.get().submit(
+        codes = self._committer.get().submit(
             lambda connection: self._claim(connection, kind, count), writes_once=count == 1
         )
+        if self._settling.get().due(kind, len(codes), self.settle_at):
+            self._committer.get().post(lambda connection: self._start_settling(connection, kind))
+        return codes
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         for start in range(0, count, PREFILL_CHUNK):
             self.issue(kind, min(PREFILL_CHUNK, count - start))
+        self._committer.get().submit(lambda connection: self._settle_all(connection, kind))
 
     def stats(self) -> dict[str, dict[str, int]]:
         try:
@@ -138,16 +178,24 @@ class SqliteStore:
 
     def _claim(self, connection: sqlite3.Connection, kind: NumberKind, count: int) -> list[int]:
         space = self.spaces[kind]
-        table = f"issued_{kind}"
+        recent, settled = f"recent_{kind}", f"issued_{kind}"
 
         def claim(code: int) -> bool:
-            return connection.execute(f"INSERT OR IGNORE INTO {table} (code) VALUES (?)", (code,)).rowcount == 1
+            query = (
+                f"INSERT OR IGNORE INTO {recent} (code) "
+                f"SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {settled} WHERE code = ?1)"
+            )
+            return connection.execute(query, (code,)).rowcount == 1
 
         def claim_many(codes: list[int]) -> list[int]:
-            return insert_new_codes(connection, table, codes)
+            return insert_new_codes(connection, recent, codes, unless_in=settled)
 
         def used_ascending() -> Iterator[int]:
-            cursor = connection.execute(f"SELECT code FROM {table} WHERE code >= ? ORDER BY code", (space.low,))
+            query = (
+                f"SELECT code FROM {settled} WHERE code >= ?1 UNION ALL "
+                f"SELECT code FROM {recent} WHERE code >= ?1 ORDER BY code"
+            )
+            cursor = connection.execute(query, (space.low,))
             try:
                 for (code,) in cursor:
                     yield code
@@ -166,8 +214,51 @@ class SqliteStore:
 
     def _count(self, connection: sqlite3.Connection, kind: NumberKind) -> int:
         space = self.spaces[kind]
-        query = f"SELECT COUNT(*) FROM issued_{kind} WHERE code BETWEEN ? AND ?"
+        query = (
+            f"SELECT (SELECT COUNT(*) FROM issued_{kind} WHERE code BETWEEN ?1 AND ?2) "
+            f"+ (SELECT COUNT(*) FROM recent_{kind} WHERE code BETWEEN ?1 AND ?2)"
+        )
         return connection.execute(query, (space.low, space.high)).fetchone()[0]
+
+    # -- settling: moving recent codes into the settled table -----------------------------------------------
+
+    # Both run in the writer thread, as jobs posted to the group committer.
+
+    def _start_settling(self, connection: sqlite3.Connection, kind: NumberKind) -> None:
+        """Starts a round (every slice once) if none runs and the recent table holds `settle_at` codes
+        (another process may have settled them meanwhile)."""
+        settling = self._settling.get()
+        if settling.slices_left[kind]:
+            return
+        if connection.execute(f"SELECT COUNT(*) FROM recent_{kind}").fetchone()[0] >= self.settle_at:
+            settling.slices_left[kind] = SETTLE_SLICES
+            self._settle_next_slice(connection, kind)
+
+    def _settle_next_slice(self, connection: sqlite3.Connection, kind: NumberKind) -> None:
+        """One slice of the round per transaction; the next slice is posted first, so a failed move (logged
+        by the committer, its codes left in the recent table) does not end the round."""
+        settling = self._settling.get()
+        index = settling.next_slice[kind]
+        settling.next_slice[kind] = (index + 1) % SETTLE_SLICES
+        settling.slices_left[kind] -= 1
+        if settling.slices_left[kind]:
+            self._committer.get().post(lambda connection: self._settle_next_slice(connection, kind))
+        self._settle_slice(connection, kind, index)
+
+    def _settle_all(self, connection: sqlite3.Connection, kind: NumberKind) -> None:
+        for index in range(SETTLE_SLICES):
+            self._settle_slice(connection, kind, index)
+
+    def _settle_slice(self, connection: sqlite3.Connection, kind: NumberKind, index: int) -> None:
+        """Moves the recent codes of slice `index` of the space (the outer slices reach past its ends, so
+        codes of an earlier, wider space move too). A plain INSERT: a code in both tables would be a broken
+        invariant, and fails the move instead of hiding it."""
+        space = self.spaces[kind]
+        low = space.low + space.size * index // SETTLE_SLICES if index else -(2**63)
+        high = space.low + space.size * (index + 1) // SETTLE_SLICES - 1 if index < SETTLE_SLICES - 1 else 2**63 - 1
+        where = "WHERE code BETWEEN ? AND ?"
+        connection.execute(f"INSERT INTO issued_{kind} (code) SELECT code FROM recent_{kind} {where}", (low, high))
+        connection.execute(f"DELETE FROM recent_{kind} {where}", (low, high))
 
     def _new_committer(self) -> GroupCommitter:
         return GroupCommitter(
