@@ -205,25 +205,6 @@ class ShardFiles:
         return self.flocks([f"{name}.refill.lock" for name in names], wait)
 
     @contextmanager
-    def claim_lock(self, descriptors: dict[str, int], name: str) -> Iterator[None]:
-        """Claimers of every process take turns on `<shard>.claim.lock` before the claim statement.
-
-        `descriptors` are this process's open lock files (never inherited across a fork), by shard name.
-        SQLite's busy handler backs off in sleeps of up to 100 ms when writers of several processes meet;
-        a short poll on an flock hands the shard over within a fraction of a millisecond instead.
-        """
-        descriptor = descriptors.get(name)
-        if descriptor is None:
-            descriptor = os.open(self.folder / f"{name}.claim.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            descriptors[name] = descriptor
-        if not flock_by(descriptor, time.monotonic() + self.lock_timeout, longest_pause=0.002):
-            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
-        try:
-            yield
-        finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-
-    @contextmanager
     def flocks(self, lock_files: list[str], wait: float) -> Iterator[bool]:
         self.folder.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait

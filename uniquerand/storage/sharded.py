@@ -2,7 +2,8 @@
 refilled in the background from a ledger database of every number ever put into a pool.
 
 Concurrency: a claim is one `UPDATE ... RETURNING` statement, atomic across every process by SQLite's write
-lock; the threads of a process that claim at once share one statement and one fsync (group commit). A refill reserves
+lock; the claims of a process that arrive together share one transaction and one fsync (group commit, see
+`group_commit`), and writers of every process take turns on a blocking flock of the shard. A refill reserves
 numbers in the ledger first (INSERT OR IGNORE under BEGIN IMMEDIATE: only new rows count) and only then adds
 them to its shard, so no number is ever in two shards; a per-shard flock lets one process at a time refill.
 Durability: WAL with synchronous=FULL: a claim is on disk before it is returned. A crash can lose numbers
@@ -32,6 +33,7 @@ from uniquerand.storage.base import (
     StoreCorruptError,
     StoreUnavailableError,
 )
+from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.shard_files import (
     ShardFiles,
     count_available,
@@ -41,6 +43,7 @@ from uniquerand.storage.shard_files import (
     shard_names,
 )
 from uniquerand.storage.shard_refill import REFILL_CHUNK, add_to_shard, record_refill, reserve
+from uniquerand.storage.sqlite import store_error
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +58,12 @@ CLAIM = (
 
 
 @dataclass
-class _ClaimRequest:
-    """One caller's share of a group claim: filled in (or failed) by whichever thread runs the statement."""
-
-    count: int
-    lead: bool = False
-    ready: threading.Event = field(default_factory=threading.Event)
-    rows: list[tuple[int, int]] = field(default_factory=list)
-    max_id: int = 0
-    error: BaseException | None = None
-
-
-@dataclass
 class _ProcessState:
     """What must never cross a fork: connections, locks, the refill pool and its bookkeeping."""
 
     pid: int = field(default_factory=os.getpid)
     guard: threading.Lock = field(default_factory=threading.Lock)
-    claim_queues: dict[str, list[_ClaimRequest]] = field(default_factory=dict)
-    leading: set[str] = field(default_factory=set)
-    claim_connections: dict[str, sqlite3.Connection] = field(default_factory=dict)
-    claim_lock_files: dict[str, int] = field(default_factory=dict)
+    claimers: dict[str, GroupCommitter] = field(default_factory=dict)
     local: threading.local = field(default_factory=threading.local)
     executor: ThreadPoolExecutor | None = None
     refills: dict[str, Future] = field(default_factory=dict)
@@ -136,81 +124,30 @@ class ShardedSqliteStore:
         raise AssertionError("unreachable")
 
     def _claim_from(self, name: str, count: int) -> list[tuple[int, int]]:
-        """Group commit: claims that arrive while one runs are served together by the next statement (one
-        fsync for all of them); each caller returns only after the statement holding its rows committed."""
-        state = self._state()
-        request = _ClaimRequest(count)
-        with state.guard:
-            state.claim_queues.setdefault(name, []).append(request)
-            if name not in state.leading:
-                state.leading.add(name)
-                request.lead = True
-        if not request.lead and not request.ready.wait(self._follower_timeout()):
-            self._give_up(state, name, request)
-        if request.lead:
-            self._lead_claims(name)
-        if request.error is not None:
-            raise request.error
-        rows = request.rows
-        if len(rows) < count or request.max_id - rows[-1][0] < self.refill_at:
+        """Up to `count` (id, code) rows of shard `name`, durably marked used. Claims of this process's threads
+        that arrive together are group-committed: one transaction and one fsync for all of them."""
+        # fetchall(): an unfinished RETURNING statement would keep the write lock held.
+        claim = self._claimer(name).submit(lambda connection: connection.execute(CLAIM, (count,)).fetchall(), True)
+        rows = sorted(claim)
+        if len(rows) < count or rows[0][2] - rows[-1][0] < self.refill_at:
             # Unused rows all lie above the claimed ids, so max(id) - last claimed id counts what is left.
             self._schedule_refill(name)
-        return rows
+        return [(row_id, code) for row_id, code, _ in rows]
 
-    def _follower_timeout(self) -> float:
-        # A leader may wait for the open lock, the claim lock and SQLite in turn, each up to LOCK_TIMEOUT.
-        return 3 * self.lock_timeout + 1
-
-    def _give_up(self, state: _ProcessState, name: str, request: _ClaimRequest) -> None:
-        """A follower that waited too long answers busy instead of hanging. If it was still queued it
-        leaves the queue (nothing was claimed for it); if a running statement holds its rows, they are
-        burned: marked used and never served."""
-        with state.guard:
-            if request.lead or request.ready.is_set():
-                return  # promoted or served just now: go on as usual
-            queue = state.claim_queues.get(name, [])
-            if request in queue:
-                queue.remove(request)
-        raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
-
-    def _lead_claims(self, name: str) -> None:
-        """Runs one claim statement for every queued request, then hands the lead to the next in line."""
+    def _claimer(self, name: str) -> GroupCommitter:
+        """This process's group committer of shard `name`: its writers of every process take turns on a
+        blocking flock of `<shard>.claim.lock`, which hands the shard over the moment it is free."""
         state = self._state()
-        batch: list[_ClaimRequest] = []
-        try:
-            with self._files.translated_errors(name):
-                connection = state.claim_connections.get(name)
-                if connection is None:
-                    connection = state.claim_connections[name] = self._files.open(name)
-                with self._files.claim_lock(state.claim_lock_files, name):
-                    # Gathered once the lock is held: requests that arrived while this leader waited for the
-                    # other processes join this statement instead of waiting for the next one.
-                    with state.guard:
-                        batch, state.claim_queues[name] = state.claim_queues[name], []
-                    # fetchall(): an unfinished RETURNING statement would keep the write lock held.
-                    rows = sorted(connection.execute(CLAIM, (sum(r.count for r in batch),)).fetchall())
-            for request in batch:
-                request.rows = [(row_id, code) for row_id, code, _ in rows[: request.count]]
-                request.max_id = rows[0][2] if rows else 0
-                rows = rows[request.count :]
-        except BaseException as err:
-            if not batch:
-                with state.guard:
-                    batch, state.claim_queues[name] = state.claim_queues[name], []
-            for request in batch:
-                request.error = err
-            raise
-        finally:
-            for request in batch:
-                request.lead = False
-                request.ready.set()
-            with state.guard:
-                waiting = state.claim_queues[name]
-                if waiting:
-                    waiting[0].lead = True
-                    waiting[0].ready.set()
-                else:
-                    state.leading.discard(name)
+        with state.guard:
+            if name not in state.claimers:
+                state.claimers[name] = GroupCommitter(
+                    lambda: self._files.open(name),
+                    self.folder / f"{name}.claim.lock",
+                    lambda err: store_error(err, f"{self.label} {name}"),
+                    wait_timeout=self.lock_timeout,
+                    timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
+                )
+            return state.claimers[name]
 
     def _release(self, claimed: list[tuple[str, int, int]]) -> None:
         """Puts back rows claimed for a batch that could not be completed; they were never answered."""
