@@ -14,7 +14,7 @@ import filelock
 
 from tests.support import v3_codes
 from tests.v4_support import rows as read_rows
-from uniquerand.permutation import FeistelPermutation
+from uniquerand.storage.counter_db import PERMUTATIONS
 
 # Small spaces, so that a store that loses an update repeats a number at once; small shards and leases,
 # so that refills and leases happen all through the load.
@@ -58,7 +58,8 @@ def recorded_codes(instance: Path, stage: str, kind: str, settings: dict = SETTI
         return set()
     low, high, decimals, counter = rows[0]
     tweak = f"{kind}:{low}:{high}:{decimals}".encode()
-    permutation = FeistelPermutation((folder / "key").read_bytes(), high - low + 1, tweak)
+    [(row,)] = read_rows(folder / "counters.db", "SELECT name FROM meta WHERE name LIKE 'key_fingerprint%'")
+    permutation = PERMUTATIONS[row]((folder / "key").read_bytes(), high - low + 1, tweak)
     return {low + permutation(index) for index in range(counter)}
 
 

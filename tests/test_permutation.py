@@ -1,70 +1,147 @@
-"""The keyed Feistel permutation: a bijection of [0, N) for every N, fixed by its key, the same on both paths."""
+"""The keyed Feistel permutations: bijections of [0, N) for every N, fixed by their key, the same on both paths."""
 
 from __future__ import annotations
 
 import pytest
 
-from uniquerand.permutation import FeistelPermutation
+from uniquerand.permutation import BinaryFeistelPermutation, RadixFeistelPermutation
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
-# Powers of 4 and the sizes just above them, where the domain is nearly 4 times the space and
-# cycle-walking runs longest; 1 and 2 are the degenerate ends.
+# Powers of 4 and the sizes just above them, where the binary network's domain is nearly 4 times the space
+# and cycle-walking runs longest; 1 and 2 are the degenerate ends.
 SIZES = [1, 2, 3, 4, 5, 15, 16, 17, 64, 65, 256, 257, 1000, 1024, 1025, 4096, 4097]
+# For the radix network: the degenerate ends (a or b = 1), primes (b does not divide the size), squares
+# (a * b = N) and the squares + 1 above them, and a * (a - 1) + 1, where a * b - N = a - 1 is the largest
+# part of the domain outside the space (3, 7, 21, 91, 10101, 65281); 4**8 + 1 = 65537 is prime too.
+RADIX_SIZES = [1, 2, 3, 4, 5, 7, 15, 16, 17, 21, 64, 65, 91, 257, 1024, 1025, 10007, 10101, 65281, 65536, 65537]
+PERMUTATION_TYPES = pytest.mark.parametrize(
+    "permutation_type", [BinaryFeistelPermutation, RadixFeistelPermutation], ids=["binary", "radix"]
+)
 
 
 @pytest.mark.parametrize("tables", [True, False], ids=["tables", "hashes"])
 @pytest.mark.parametrize("size", SIZES)
 def test_permutation_is_a_bijection(size, tables):
-    permutation = FeistelPermutation(KEY, size, tables=tables)
+    permutation = BinaryFeistelPermutation(KEY, size, tables=tables)
 
     assert sorted(permutation.many(0, size)) == list(range(size))
+
+
+@pytest.mark.parametrize("tables", [True, False], ids=["tables", "hashes"])
+@pytest.mark.parametrize("size", RADIX_SIZES)
+def test_radix_permutation_is_a_bijection(size, tables):
+    permutation = RadixFeistelPermutation(KEY, size, tables=tables)
+
+    assert sorted(permutation.many(0, size)) == list(range(size))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 91, 1000, 65537, 2**32, 2**32 + 1, 10**9 + 7, 10**14, 2**54])
+def test_radix_permutation_domain_barely_exceeds_the_space(size):
+    # Fewer than a values of the domain lie outside the space: under 1 in b needs a second pass.
+    permutation = RadixFeistelPermutation(KEY, size, tables=False)
+    a, b = permutation.a, permutation.b
+
+    assert (a - 1) ** 2 < size <= a * a
+    assert 0 <= a * b - size < a
+    assert b <= a
 
 
 def test_permutation_tables_and_hashes_compute_the_same_function():
     size = 4**9 + 1
     sample = range(0, size, 97)
-    with_tables = FeistelPermutation(KEY, size, tables=True)
-    with_hashes = FeistelPermutation(KEY, size, tables=False)
+    with_tables = BinaryFeistelPermutation(KEY, size, tables=True)
+    with_hashes = BinaryFeistelPermutation(KEY, size, tables=False)
 
     assert [with_tables(i) for i in sample] == [with_hashes(i) for i in sample]
 
 
-def test_permutation_is_fixed_by_key_size_and_tweak():
-    size = 4097
-    first = FeistelPermutation(KEY, size).many(0, size)
+# 4**9 + 1: a = 513 and b = 512 differ; 10**9 + 7: cycle-walking on 14122 values; 2**32: the widest tables.
+@pytest.mark.parametrize("size", [4**9 + 1, 10**9 + 7, 2**32])
+def test_radix_permutation_tables_and_hashes_compute_the_same_function(size):
+    sample = range(0, size, size // 2000 + 1)
+    with_tables = RadixFeistelPermutation(KEY, size, b"int", tables=True)
+    with_hashes = RadixFeistelPermutation(KEY, size, b"int", tables=False)
 
-    assert FeistelPermutation(KEY, size).many(0, size) == first
-    assert FeistelPermutation(OTHER_KEY, size).many(0, size) != first
-    assert FeistelPermutation(KEY, size, b"float").many(0, size) != first
+    assert [with_tables(i) for i in sample] == [with_hashes(i) for i in sample]
+
+
+# Served numbers are these values: a change re-issues numbers from every database that recorded the
+# permutation. The binary values are the ones the release before the radix network served.
+@pytest.mark.parametrize(
+    ("permutation_type", "size", "tweak", "first"),
+    [
+        (BinaryFeistelPermutation, 1000, b"", [143, 534, 287, 657]),
+        (BinaryFeistelPermutation, 2**32, b"int:0:4294967295:0", [2142116720, 1279785912, 3650029357, 2969700884]),
+        (
+            BinaryFeistelPermutation,
+            10**14,
+            b"float:0:100000000:6",
+            [30678772466696, 50845911623898, 40433065275217, 24540365117539],
+        ),
+        (RadixFeistelPermutation, 1000, b"", [825, 220, 898, 244]),
+        (RadixFeistelPermutation, 2**32, b"int:0:4294967295:0", [503839794, 1716851480, 1341948705, 418418473]),
+        (
+            RadixFeistelPermutation,
+            10**14,
+            b"float:0:100000000:6",
+            [1608349891774, 64770857523061, 91532317277061, 46328162193220],
+        ),
+    ],
+    ids=["binary-1000", "binary-int", "binary-float", "radix-1000", "radix-int", "radix-float"],
+)
+def test_permutation_values_never_change(permutation_type, size, tweak, first):
+    assert permutation_type(KEY, size, tweak).many(0, 4) == first
+
+
+@PERMUTATION_TYPES
+def test_permutation_is_fixed_by_key_size_and_tweak(permutation_type):
+    size = 4097
+    first = permutation_type(KEY, size).many(0, size)
+
+    assert permutation_type(KEY, size).many(0, size) == first
+    assert permutation_type(OTHER_KEY, size).many(0, size) != first
+    assert permutation_type(KEY, size, b"float").many(0, size) != first
     # Not the identity, nor close to it: the order carries no trace of the counter.
     assert sum(a == b for a, b in enumerate(first)) < 20
 
 
-def test_permutation_many_matches_single_calls():
-    permutation = FeistelPermutation(KEY, 1000)
+def test_radix_and_binary_permutations_differ_with_one_key():
+    size = 4096
+    binary = BinaryFeistelPermutation(KEY, size).many(0, size)
+    radix = RadixFeistelPermutation(KEY, size).many(0, size)
+
+    assert sum(a == b for a, b in zip(binary, radix, strict=True)) < 20
+
+
+@PERMUTATION_TYPES
+def test_permutation_many_matches_single_calls(permutation_type):
+    permutation = permutation_type(KEY, 1000)
 
     assert permutation.many(10, 5) == [permutation(i) for i in range(10, 15)]
 
 
-def test_permutation_of_a_large_space_stays_inside_it():
-    size = 10**14
-    values = FeistelPermutation(KEY, size).many(size - 500, 500)
+@PERMUTATION_TYPES
+@pytest.mark.parametrize("size", [10**14, 2**54])
+def test_permutation_of_a_large_space_stays_inside_it(permutation_type, size):
+    values = permutation_type(KEY, size).many(size - 500, 500)
 
     assert len(set(values)) == 500
     assert all(0 <= value < size for value in values)
 
 
+@PERMUTATION_TYPES
 @pytest.mark.parametrize(
     ("key", "size", "message"),
     [(b"short", 10, "32 bytes"), (KEY, 0, "at least 1"), (KEY, 2**54 + 1, "at most 2\\*\\*54")],
 )
-def test_permutation_rejects_bad_arguments(key, size, message):
+def test_permutation_rejects_bad_arguments(permutation_type, key, size, message):
     with pytest.raises(ValueError, match=message):
-        FeistelPermutation(key, size)
+        permutation_type(key, size)
 
 
+@PERMUTATION_TYPES
 @pytest.mark.parametrize(("start", "count"), [(-1, 1), (0, 11), (10, 1)])
-def test_permutation_rejects_indexes_outside_the_space(start, count):
+def test_permutation_rejects_indexes_outside_the_space(permutation_type, start, count):
     with pytest.raises(ValueError, match="not inside"):
-        FeistelPermutation(KEY, 10).many(start, count)
+        permutation_type(KEY, 10).many(start, count)

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -15,11 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.support import REPO
+from tests.v4_support import rows
 from uniquerand import create_app
 from uniquerand.config import ConfigError
+from uniquerand.permutation import BinaryFeistelPermutation, RadixFeistelPermutation
 from uniquerand.storage.leased import LeasedCounterStore
 
 SMALL = {"INT_MIN": 1, "INT_MAX": 50, "V5_BLOCK_SIZE": 1000}
+# The tweak /v5 gives the permutation of SMALL's int space (kind, low, high, decimals).
+SMALL_TWEAK = b"int:1:50:0"
 
 
 def assert_json_error(response, status: int, code: str) -> dict:
@@ -37,6 +42,29 @@ def take(client, path: str, expected: int) -> list:
         assert response.status_code == 200, response.json
         numbers.extend(response.json.get("numbers", [response.json.get("number")]))
     return numbers
+
+
+def take_until_exhausted(client) -> list[int]:
+    numbers = []
+    while (response := client.get("/v5/random")).status_code == 200:
+        numbers.append(response.json["number"])
+    assert_json_error(response, 503, "space_exhausted")
+    return numbers
+
+
+def fingerprint_rows(instance_path: Path) -> list[str]:
+    """The names of the meta rows holding the key's fingerprint: the name says the permutation."""
+    query = "SELECT name FROM meta WHERE name LIKE 'key_fingerprint%'"
+    return [name for (name,) in rows(instance_path / "v5" / "counters.db", query)]
+
+
+def rename_fingerprint_row(instance_path: Path, name: str) -> None:
+    connection = sqlite3.connect(instance_path / "v5" / "counters.db")
+    try:
+        with connection:
+            connection.execute("UPDATE meta SET name = ? WHERE name LIKE 'key_fingerprint%'", (name,))
+    finally:
+        connection.close()
 
 
 def test_v5_serves_ints_and_floats_inside_their_spaces(client):
@@ -194,6 +222,58 @@ def test_v5_stats_report_counter_served_and_remaining(make_app):
     assert ints["space_size"] == 10_000
     assert ints["remaining"] == 10_000 - 3
     assert ints["unaccounted"] == 100
+
+
+def test_v5_a_new_database_serves_and_records_the_radix_permutation(make_app, instance_path):
+    numbers = take(make_app(**SMALL).test_client(), "/v5/random", 10)
+
+    radix = RadixFeistelPermutation((instance_path / "v5" / "key").read_bytes(), 50, SMALL_TWEAK)
+    assert numbers == [1 + radix(i) for i in range(10)]
+    # No 'key_fingerprint' row, the one an earlier release requires: it refuses this database.
+    assert fingerprint_rows(instance_path) == ["key_fingerprint:radix-feistel-10"]
+
+
+@pytest.mark.parametrize("use", ["served", "prefilled", "unused"])
+def test_v5_a_database_of_an_earlier_release_keeps_the_binary_permutation(make_app, instance_path, use):
+    # An earlier release kept the fingerprint as 'key_fingerprint' and served the binary network. The key is
+    # made here by a batch the space refuses before any lease, then its row is given that name.
+    assert_json_error(make_app(**SMALL).test_client().get("/v5/random?count=51"), 503, "insufficient_remaining")
+    rename_fingerprint_row(instance_path, "key_fingerprint")
+    earlier = make_app(**SMALL)
+    used, served = [], []
+    binary = BinaryFeistelPermutation((instance_path / "v5" / "key").read_bytes(), 50, SMALL_TWEAK)
+    if use == "served":
+        served = take(earlier.test_client(), "/v5/random", 20)
+        used = [1 + binary(i) for i in range(20)]
+    elif use == "prefilled":
+        earlier.extensions["uniquerand"]["stores"]["v5"].prefill("int", 20)
+        used = [1 + binary(i) for i in range(20)]  # a prefill counts as served
+
+    later = take_until_exhausted(make_app(**SMALL).test_client())
+    # The earlier server still holds the unserved rest of its leases; they are served once too.
+    rest = later + take_until_exhausted(earlier.test_client())
+
+    assert served == used[: len(served)]
+    assert sorted(used + rest) == list(range(1, 51))
+    if use == "unused":
+        # Nothing leased yet, still the binary network: an earlier release may serve beside this one.
+        assert later == [1 + binary(i) for i in range(50)]
+    assert fingerprint_rows(instance_path) == ["key_fingerprint"]
+
+
+@pytest.mark.parametrize("name", ["key_fingerprint:radix-feistel-12", "key_fingerprint_v9"])
+def test_v5_refuses_a_database_recording_an_unknown_permutation(make_app, instance_path, name):
+    take(make_app(**SMALL).test_client(), "/v5/random", 5)
+    rename_fingerprint_row(instance_path, name)
+    client = make_app(**SMALL).test_client()
+    counter = client.get("/v5/stats").json["types"]["int"]["counter"]
+
+    for path in ("/v5/random", "/v5/random?type=float", "/v5/random?count=5"):
+        body = assert_json_error(client.get(path), 500, "store_corrupt")
+        assert "written by a newer release" in body["error"]
+        assert name in body["error"]
+    assert client.get("/v5/stats").json["types"]["int"]["counter"] == counter
+    assert fingerprint_rows(instance_path) == [name]
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "lots", "1000001"])

@@ -1,57 +1,50 @@
-"""A keyed pseudo-random permutation of [0, N): a balanced Feistel network with cycle-walking.
+"""Keyed pseudo-random permutations of [0, N): Feistel networks of 10 keyed BLAKE2b rounds, with cycle-walking.
 
+`RadixFeistelPermutation` (FF1's mixed-radix network, about one pass per number) serves new counters;
+`BinaryFeistelPermutation` stays, unchanged, for counters leased before it (see `storage.counter_db`).
 Pure computation (no I/O): the same key, size and tweak always give the same permutation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import sys
+from abc import ABC, abstractmethod
 from array import array
 
 KEY_BYTES = 32
 ROUNDS = 10
-# Round outputs come from 64-byte BLAKE2b blocks, 16 four-byte words per block (see `_round_block`).
-WORDS_PER_BLOCK = 16
-# Up to this half width the round functions are precomputed as tables (ROUNDS * 2**16 words, 2.5 MB),
-# which covers every space of up to 2**32 numbers; wider halves hash on every round.
-TABLE_MAX_HALF_BITS = 16
-# Half widths stay within the 32-bit words a round yields: spaces up to 2**54 numbers (JSON needs 2**53).
-MAX_HALF_BITS = 27
-_WORD = struct.Struct("<I")
+# Spaces of up to 2**54 numbers (JSON needs 2**53).
+MAX_SIZE_BITS = 54
+# A round's outputs for 64 / word size consecutive inputs come from one BLAKE2b-512 digest.
+BLOCK_BYTES = 64
+# Up to this many inputs a round's function is precomputed as a table of 32-bit values (ROUNDS * 2**16
+# * 4 bytes, 2.5 MB), which covers every space of up to 2**32 numbers; wider rounds hash on every call.
+TABLE_MAX_INPUTS = 2**16
+_WORD32 = struct.Struct("<I")
+_WORD64 = struct.Struct("<Q")
 
 
-class FeistelPermutation:
-    """P: [0, size) -> [0, size), a bijection chosen by `key` (and `tweak`, which separates uses of one key).
+class FeistelPermutation(ABC):
+    """What both networks share: the argument checks, the keyed round states and cycle-walking. A subclass
+    defines one pass over its domain twice, with round tables and with hashes: the same function."""
 
-    The domain is [0, 4**h) for the smallest h >= 1 with 4**h >= size, split into two halves of h bits.
-    Round r maps (left, right) to (right, left XOR F_r(right)), where F_r(x) is the 32-bit word x % 16
-    of BLAKE2b-512 keyed with `key` over (tweak, size, r, x // 16), cut to h bits: a keyed PRF of x.
-    A balanced Feistel network is a permutation of the domain whatever F is; cycle-walking (apply it
-    again until the value falls below `size`) restricts it to [0, size), which is still a bijection.
-    The domain is less than 4 * size, so a value needs under 4 passes on average.
-    """
+    _tables: list[array] | None
 
-    def __init__(self, key: bytes, size: int, tweak: bytes = b"", *, tables: bool | None = None) -> None:
+    def __init__(self, key: bytes, size: int, tweak: bytes, person: bytes) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"The key must be {KEY_BYTES} bytes, got {len(key)}.")
         if size < 1:
             raise ValueError(f"The size must be at least 1, got {size}.")
-        half_bits = max(1, ((size - 1).bit_length() + 1) // 2)
-        if half_bits > MAX_HALF_BITS:
-            raise ValueError(f"The size must be at most 2**{2 * MAX_HALF_BITS}, got {size}.")
+        if size > 2**MAX_SIZE_BITS:
+            raise ValueError(f"The size must be at most 2**{MAX_SIZE_BITS}, got {size}.")
         self.size = size
-        self.half_bits = half_bits
-        self._mask = (1 << half_bits) - 1
         # Hashing the key once per round and copying the state saves BLAKE2b's key block per call.
         context = len(tweak).to_bytes(4, "little") + tweak + size.to_bytes(8, "little")
-        self._round_states = [
-            hashlib.blake2b(context + bytes([r]), key=key, person=b"uniquerand-v5") for r in range(ROUNDS)
-        ]
+        self._round_states = [hashlib.blake2b(context + bytes([r]), key=key, person=person) for r in range(ROUNDS)]
         self._round_copies = [state.copy for state in self._round_states]
-        use_tables = half_bits <= TABLE_MAX_HALF_BITS if tables is None else tables
-        self._tables = [self._round_table(r) for r in range(ROUNDS)] if use_tables else None
 
     def __call__(self, index: int) -> int:
         if not 0 <= index < self.size:
@@ -72,6 +65,45 @@ class FeistelPermutation:
             result.append(value)
         return result
 
+    @abstractmethod
+    def _encrypt_with_tables(self, value: int) -> int: ...
+
+    @abstractmethod
+    def _encrypt_with_hashes(self, value: int) -> int: ...
+
+    def _round_words(self, r: int, word: struct.Struct, count: int) -> array:
+        """The first `count` words of round r's output blocks, as the hashing path reads them with `word`."""
+        words = array(word.format[-1])
+        if words.itemsize != word.size:
+            raise RuntimeError(f"array({word.format[-1]!r}) is not {8 * word.size} bits wide on this platform.")
+        per_block = BLOCK_BYTES // word.size
+        for block_index in range(-(-count // per_block)):
+            digest = self._round_states[r].copy()
+            digest.update(block_index.to_bytes(4, "little"))
+            words.frombytes(digest.digest())
+        if sys.byteorder != "little":
+            words.byteswap()
+        return words[:count]
+
+
+class BinaryFeistelPermutation(FeistelPermutation):
+    """P: [0, size) -> [0, size), a bijection chosen by `key` (and `tweak`, which separates uses of one key).
+
+    The domain is [0, 4**h) for the smallest h >= 1 with 4**h >= size, split into two halves of h bits.
+    Round r maps (left, right) to (right, left XOR F_r(right)), where F_r(x) is the 32-bit word x % 16
+    of BLAKE2b-512 keyed with `key` over (tweak, size, r, x // 16), cut to h bits: a keyed PRF of x.
+    A balanced Feistel network is a permutation of the domain whatever F is; cycle-walking (apply it
+    again until the value falls below `size`) restricts it to [0, size), which is still a bijection.
+    The domain is less than 4 * size, so a value needs under 4 passes on average (2.8 for size 10**14).
+    """
+
+    def __init__(self, key: bytes, size: int, tweak: bytes = b"", *, tables: bool | None = None) -> None:
+        super().__init__(key, size, tweak, b"uniquerand-v5")
+        self.half_bits = max(1, ((size - 1).bit_length() + 1) // 2)
+        self._mask = (1 << self.half_bits) - 1
+        use_tables = 1 << self.half_bits <= TABLE_MAX_INPUTS if tables is None else tables
+        self._tables = [self._round_table(r) for r in range(ROUNDS)] if use_tables else None
+
     def _encrypt_with_tables(self, value: int) -> int:
         bits, mask = self.half_bits, self._mask
         left, right = value >> bits, value & mask
@@ -80,30 +112,69 @@ class FeistelPermutation:
         return (left << bits) | right
 
     def _encrypt_with_hashes(self, value: int) -> int:
-        bits, mask, word_at = self.half_bits, self._mask, _WORD.unpack_from
+        bits, mask, word_at = self.half_bits, self._mask, _WORD32.unpack_from
         left, right = value >> bits, value & mask
-        # `_round_block` inlined (16 words a block: >> 4, & 15): this loop is the cost of every number in a
-        # large space.
+        # The block read inlined (16 words a block: >> 4, & 15): this loop is the cost of every number.
         for copy in self._round_copies:
             digest = copy()
             digest.update((right >> 4).to_bytes(4, "little"))
             left, right = right, left ^ (word_at(digest.digest(), (right & 15) << 2)[0] & mask)
         return (left << bits) | right
 
-    @staticmethod
-    def _round_block(state, block_index: int) -> bytes:
-        digest = state.copy()
-        digest.update(block_index.to_bytes(4, "little"))
-        return digest.digest()
-
     def _round_table(self, r: int) -> array:
         """F_r(x) for every x of the half width: the same words the hashing path reads."""
-        words = array("I")
-        if words.itemsize != 4:
-            raise RuntimeError("array('I') is not 32 bits wide on this platform.")
-        for block_index in range(-(-(1 << self.half_bits) // WORDS_PER_BLOCK)):
-            words.frombytes(self._round_block(self._round_states[r], block_index))
-        if sys.byteorder != "little":
-            words.byteswap()
         mask = self._mask
-        return array("I", [word & mask for word in words])
+        return array("I", [word & mask for word in self._round_words(r, _WORD32, 1 << self.half_bits)])
+
+
+class RadixFeistelPermutation(FeistelPermutation):
+    """P: [0, size) -> [0, size), a bijection chosen by `key` (and `tweak`, which separates uses of one key).
+
+    The domain is Z_a x Z_b with a = ceil(sqrt(size)) and b = ceil(size / a): x is (x // b, x % b), and
+    a * b - size < a. Round r maps (left, right) to (right, (left + F_r(right)) mod m_r), m_r = a for even r
+    and b for odd r, so the halves trade places and moduli (FF1's construction): each round is invertible
+    whatever F is, and after the 10 rounds (an even number) the state is back in Z_a x Z_b, read as
+    left * b + right. F_r(x) is the 64-bit word x % 8 of BLAKE2b-512 keyed with `key` over (tweak, size, r,
+    x // 8), reduced mod m_r (a bias under 2**-37). Cycle-walking restricts the network to [0, size), which
+    is still a bijection; fewer than 1 value in b needs a second pass (none when size = a * b, as for 10**14).
+    """
+
+    def __init__(self, key: bytes, size: int, tweak: bytes = b"", *, tables: bool | None = None) -> None:
+        super().__init__(key, size, tweak, b"uniquerand-v5r")
+        self.a = math.isqrt(size - 1) + 1
+        self.b = -(-size // self.a)
+        # b <= a: the odd rounds read the wider half.
+        use_tables = self.a <= TABLE_MAX_INPUTS if tables is None else tables
+        self._tables = [self._round_table(r) for r in range(ROUNDS)] if use_tables else None
+        # The network runs as 5 pairs of rounds: an even round's output is the next odd round's input.
+        rounds = self._tables if self._tables is not None else self._round_copies
+        self._pairs = list(zip(rounds[0::2], rounds[1::2], strict=True))
+
+    def _encrypt_with_tables(self, value: int) -> int:
+        a, b = self.a, self.b
+        left, right = divmod(value, b)
+        # An even round gives (right, left'), the odd one after it (left', right'): updated in place, the
+        # halves never swap.
+        for even, odd in self._pairs:
+            left = (left + even[right]) % a
+            right = (right + odd[left]) % b
+        return left * b + right
+
+    def _encrypt_with_hashes(self, value: int) -> int:
+        a, b, word_at = self.a, self.b, _WORD64.unpack_from
+        left, right = divmod(value, b)
+        # As with tables, the block read inlined (8 words a block: >> 3, & 7): this loop is the cost of every
+        # number in a large space.
+        for even, odd in self._pairs:
+            digest = even()
+            digest.update((right >> 3).to_bytes(4, "little"))
+            left = (left + word_at(digest.digest(), (right & 7) << 3)[0]) % a
+            digest = odd()
+            digest.update((left >> 3).to_bytes(4, "little"))
+            right = (right + word_at(digest.digest(), (left & 7) << 3)[0]) % b
+        return left * b + right
+
+    def _round_table(self, r: int) -> array:
+        """F_r(x) mod m_r for every x of round r's input: the same values the hashing path adds."""
+        modulus, inputs = (self.a, self.b) if r % 2 == 0 else (self.b, self.a)
+        return array("I", [word % modulus for word in self._round_words(r, _WORD64, inputs)])

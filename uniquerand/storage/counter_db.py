@@ -1,20 +1,34 @@
 """/v5's counter database (counters.db): its schema and LEASE statement, opening it with the check that each
-counter belongs to the configured space, and the key check against the fingerprint the database keeps."""
+counter belongs to the configured space, the key check against the fingerprint the database keeps, and the
+permutation the database records for its counters."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.permutation import BinaryFeistelPermutation, FeistelPermutation, RadixFeistelPermutation
 from uniquerand.storage.base import StoreCorruptError, StoreKeyError, StoreUnavailableError
 from uniquerand.storage.keyfile import create_key, fingerprint, read_key
 from uniquerand.storage.sqlite import connect, store_error
 
 FILE_NAME = "counters.db"
 KEY_NAME = "key"
+# The permutation a database's counters are served with is named by the meta row that holds the key's
+# fingerprint. Earlier releases wrote 'key_fingerprint' and served the binary network: such a database goes on
+# with it, whatever it leased, since another permutation of its next counters could give numbers it already
+# served. A new database gets the radix network's row, where an earlier release finds no 'key_fingerprint'
+# and refuses to serve: two releases never serve one database with two permutations.
+PermutationType = Callable[[bytes, int, bytes], FeistelPermutation]
+FINGERPRINT_PREFIX = "key_fingerprint"
+PERMUTATIONS: dict[str, PermutationType] = {
+    "key_fingerprint": BinaryFeistelPermutation,
+    "key_fingerprint:radix-feistel-10": RadixFeistelPermutation,
+}
+NEW_FINGERPRINT = "key_fingerprint:radix-feistel-10"
 # Near the end of the space a lease takes at most 1/TAIL_SHARE of what is left, so that the numbers
 # held unserved by other workers when the counter runs out stay few (see README, /v5).
 TAIL_SHARE = 16
@@ -109,8 +123,9 @@ class CounterDatabase:
                     "serving it in this one could re-issue numbers."
                 )
 
-    def load_key(self, connection: sqlite3.Connection) -> bytes:
-        """The key, checked against the one-way fingerprint the database keeps of it.
+    def load_key_and_permutation(self, connection: sqlite3.Connection) -> tuple[bytes, PermutationType]:
+        """The key, checked against the one-way fingerprint the database keeps of it, and the permutation its
+        counters are served with (named by the fingerprint's row, see PERMUTATIONS).
 
         All of it runs under the database's write lock, so a key is published and fingerprinted before any
         other process looks. A key without a fingerprint means the database was replaced or emptied (a
@@ -120,23 +135,20 @@ class CounterDatabase:
         connection.execute("BEGIN IMMEDIATE")
         try:
             leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
-            row = connection.execute("SELECT value FROM meta WHERE name = 'key_fingerprint'").fetchone()
+            query = "SELECT name, value FROM meta WHERE substr(name, 1, ?) = ?"
+            rows = dict(connection.execute(query, (len(FINGERPRINT_PREFIX), FINGERPRINT_PREFIX)).fetchall())
             key = read_key(self.key_path, self.label)
             if key is None:
-                if leased or row is not None:
+                if leased or rows:
                     raise StoreKeyError(
                         f"The {self.label} store's key is missing but its counters have been used: a new key "
                         "would re-issue numbers. Restore the key file from where the counters came from."
                     )
                 key = create_key(self.key_path, self.label)
-                connection.execute("INSERT INTO meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint(key),))
-            elif row is None:
-                raise StoreKeyError(
-                    f"The {self.label} store's counter database ({FILE_NAME}) has no record of its key: it was "
-                    "replaced or emptied, and counting again would re-issue numbers. Restore it, or delete the "
-                    "stage's folder to reset the stage."
-                )
-            elif row[0] != fingerprint(key):
+                connection.execute("INSERT INTO meta (name, value) VALUES (?, ?)", (NEW_FINGERPRINT, fingerprint(key)))
+                rows = {NEW_FINGERPRINT: fingerprint(key)}
+            name = self._permutation_row(rows)
+            if rows[name] != fingerprint(key):
                 raise StoreKeyError(
                     f"The {self.label} store's key is not the one its counters were used with; it was left as is."
                 )
@@ -145,7 +157,24 @@ class CounterDatabase:
                 connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
-        return key
+        return key, PERMUTATIONS[name]
+
+    def _permutation_row(self, rows: dict[str, bytes]) -> str:
+        """The one fingerprint row this release knows, or why the database cannot be served."""
+        if not rows:
+            raise StoreKeyError(
+                f"The {self.label} store's counter database ({FILE_NAME}) has no record of its key: it was "
+                "replaced or emptied, and counting again would re-issue numbers. Restore it, or delete the "
+                "stage's folder to reset the stage."
+            )
+        known = [name for name in rows if name in PERMUTATIONS]
+        if len(known) != 1 or len(rows) != 1:
+            raise StoreCorruptError(
+                f"The {self.label} store's counter database ({FILE_NAME}) records its key as {sorted(rows)}: "
+                "written by a newer release, or damaged. Serving its counters with a permutation other than "
+                "theirs could re-issue numbers; run the release that wrote it."
+            )
+        return known[0]
 
     @contextmanager
     def translated_errors(self) -> Iterator[None]:

@@ -1,8 +1,11 @@
 """LeasedCounterStore: /v5's codes are space.low + P(counter), with counters leased in blocks from SQLite.
 
+P is a keyed Feistel permutation of the space's indexes (see `uniquerand.permutation`): the mixed-radix
+network for a new database, the binary one for a database whose counters an earlier release served with it;
+the database records which (see `counter_db.PERMUTATIONS`), so every counter of it is served by the same P.
 Concurrency: a lease [c, c + n) is one `UPDATE ... RETURNING` statement, so the leases of all processes
-are disjoint; threads of a process take counters from its leases under one thread lock. P is a bijection
-(see `uniquerand.permutation`), so distinct counters are distinct codes: no code is ever issued twice.
+are disjoint; threads of a process take counters from its leases under one thread lock. P is a bijection,
+so distinct counters are distinct codes: no code is ever issued twice.
 Durability: WAL with `synchronous=FULL`, so a lease is on disk before any of its counters is served. A
 crash loses at most the unserved rest of the leased blocks: gaps, never duplicates.
 """
@@ -30,14 +33,21 @@ from uniquerand.storage.base import (
     StoreBusyError,
     StoreError,
 )
-from uniquerand.storage.counter_db import FILE_NAME, KEY_NAME, LEASE, CounterDatabase, remaining_in_counter
+from uniquerand.storage.counter_db import (
+    FILE_NAME,
+    KEY_NAME,
+    LEASE,
+    CounterDatabase,
+    PermutationType,
+    remaining_in_counter,
+)
 from uniquerand.storage.leases import Block, Leases
 
 log = logging.getLogger(__name__)
 
 
 class _ProcessState:
-    """Everything that must not cross a fork: locks, the connection, the thread, the leases, the key."""
+    """Everything that must not cross a fork: locks, the connection, the thread, the leases, key and permutation."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -46,6 +56,7 @@ class _ProcessState:
         self.connection: sqlite3.Connection | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.key: bytes | None = None
+        self.permutation_type: PermutationType | None = None
         self.exit_hook = False
         self.leases: dict[NumberKind, Leases] = {kind: Leases() for kind in KINDS}
 
@@ -81,7 +92,7 @@ class LeasedCounterStore:
         with self._locked(process.lock):
             self._ready(process)
             leases = process.leases[kind]
-            permutation = self._permutation(leases, kind, process.key)
+            permutation = self._permutation(process, leases, kind)
             self._collect_prefetch(leases)
             if leases.available < count:
                 self._top_up(process, kind, leases, count)
@@ -181,11 +192,11 @@ class LeasedCounterStore:
         else:
             leases.blocks.append(block)
 
-    def _permutation(self, leases: Leases, kind: NumberKind, key: bytes) -> FeistelPermutation:
+    def _permutation(self, process: _ProcessState, leases: Leases, kind: NumberKind) -> FeistelPermutation:
         if leases.permutation is None:
             space = self.spaces[kind]
             tweak = f"{kind}:{space.low}:{space.high}:{space.decimals}".encode()
-            leases.permutation = FeistelPermutation(key, space.size, tweak)
+            leases.permutation = process.permutation_type(process.key, space.size, tweak)
         return leases.permutation
 
     def _executor(self, process: _ProcessState) -> ThreadPoolExecutor:
@@ -242,13 +253,13 @@ class LeasedCounterStore:
                 process.connection = self._counters.open()
             yield process.connection
 
-    # The key.
+    # The key and the permutation.
 
     def _ready(self, process: _ProcessState) -> None:
-        """Loads (or, with a new database, creates) the key; once per process."""
+        """Loads (or, with a new database, creates) the key and the permutation's record; once per process."""
         if process.key is None:
             with self._database(process) as connection:
-                process.key = self._counters.load_key(connection)
+                process.key, process.permutation_type = self._counters.load_key_and_permutation(connection)
 
     @contextmanager
     def _locked(self, lock: threading.Lock) -> Iterator[None]:
