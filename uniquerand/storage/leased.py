@@ -166,7 +166,7 @@ class LeasedCounterStore:
             need = count - leases.available
             block = self._lease(process, kind, need, max(need, self.block_size))
             if block is not None:
-                leases.blocks.append(block)
+                leases.add(block)
                 return
             with self._database(process) as connection:
                 counter_remaining = remaining_in_counter(connection, kind)
@@ -190,7 +190,7 @@ class LeasedCounterStore:
         if block is None:
             leases.counter_exhausted = True
         else:
-            leases.blocks.append(block)
+            leases.add(block)
 
     def _permutation(self, process: _ProcessState, leases: Leases, kind: NumberKind) -> FeistelPermutation:
         if leases.permutation is None:
@@ -261,11 +261,22 @@ class LeasedCounterStore:
             with self._database(process) as connection:
                 process.key, process.permutation_type = self._counters.load_key_and_permutation(connection)
 
-    @contextmanager
-    def _locked(self, lock: threading.Lock) -> Iterator[None]:
-        if not lock.acquire(timeout=self.lock_timeout):
+    def _locked(self, lock: threading.Lock) -> _Locked:
+        return _Locked(lock, self.lock_timeout, self.label)
+
+
+class _Locked:
+    """`with` on a thread lock that gives up after `timeout` seconds with StoreBusyError. A class rather
+    than a @contextmanager generator: it runs on every request, and costs a third as much."""
+
+    __slots__ = ("label", "lock", "timeout")
+
+    def __init__(self, lock: threading.Lock, timeout: float, label: str) -> None:
+        self.lock, self.timeout, self.label = lock, timeout, label
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(timeout=self.timeout):
             raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
-        try:
-            yield
-        finally:
-            lock.release()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.lock.release()

@@ -30,27 +30,31 @@ class Leases:
     """One kind's counters in this process: blocks in lease order, the first one being served."""
 
     blocks: deque[Block] = field(default_factory=deque)
+    # Counters of `blocks` not yet served (kept as a count: this is asked on every request).
+    available: int = 0
     prefetch: Future | None = None
     counter_exhausted: bool = False
     leased: int = 0
     served: int = 0
     permutation: FeistelPermutation | None = None
 
-    @property
-    def available(self) -> int:
-        return sum(block.stop - block.position for block in self.blocks)
+    def add(self, block: Block) -> None:
+        self.blocks.append(block)
+        self.available += block.stop - block.position
 
     def take(self, count: int) -> list[tuple[int, int]]:
+        """`count` counters (at most `available`) as ranges [start, stop), in lease order."""
+        self.available -= count
+        self.served += count
         ranges = []
         while count:
             block = self.blocks[0]
-            stop = min(block.stop, block.position + count)
-            ranges.append((block.position, stop))
-            count -= stop - block.position
-            block.position = stop
-            if block.position == block.stop:
+            start = block.position
+            block.position = stop = min(block.stop, start + count)
+            ranges.append((start, stop))
+            count -= stop - start
+            if stop == block.stop:
                 self.blocks.popleft()
-        self.served += sum(stop - start for start, stop in ranges)
         return ranges
 
     def wants_prefetch(self) -> bool:
