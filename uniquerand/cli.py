@@ -64,6 +64,8 @@ def _csv(kind: type):
 @click.option("--count", type=click.IntRange(1), help="Also measure batches of this many numbers per request.")
 @click.option("--concurrency", type=click.IntRange(1), default=32, show_default=True, help="Keep-alive clients.")
 @click.option("--duration", type=click.IntRange(1), default=10, show_default=True, help="Seconds per row.")
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True,
+              help="Seconds of load before each row's measured window (not counted; its duplicates are).")  # fmt: skip
 @click.option("--client", type=click.Choice(["auto", "wrk", "python"]), default="auto", show_default=True,
               help="Load generator: wrk if installed (auto), or the multi-process Python client.")  # fmt: skip
 @click.option("--idle-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
@@ -85,8 +87,8 @@ def bench_command(**params) -> None:
     options = BenchOptions(
         url=params["url"], workers=params["workers"], threads=params["threads"], prefills=params["prefills"] or (0,),
         stages=params["stages"], kinds=params["kinds"], count=params["count"], concurrency=params["concurrency"],
-        duration=params["duration"], client=params["client"], idle_timeout=params["idle_timeout"],
-        output=params["output"], chart=params["chart"],
+        duration=params["duration"], warmup=params["warmup"], client=params["client"],
+        idle_timeout=params["idle_timeout"], output=params["output"], chart=params["chart"],
     )  # fmt: skip
     previous = _stop_on_sigterm()
     try:

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from uniquerand.bench import procfs
@@ -37,6 +37,9 @@ class BenchOptions:
     count: int | None = None
     concurrency: int = 32
     duration: int = 10
+    # Seconds of the same load before each row's measured window, so that every worker has served the
+    # endpoint (tables built, connections and leases taken); its numbers are checked for duplicates too.
+    warmup: int = 1
     client: str = "auto"  # auto, wrk or python
     request_timeout: float = 30.0
     idle_timeout: float = 120.0
@@ -156,29 +159,42 @@ def _run_row(
     healthz_ok: float | None,
     workdir: Path,
 ) -> Row:
-    idle = wait_until_idle(server, options.idle_timeout)
-    workers = server.worker_pids()
-    for pid in workers:
-        procfs.reset_peak_memory(pid)
-    cpu_before = procfs.cpu_seconds(workers)
     bodies = workdir / "row"
+    warmup_duplicates = 0
     try:
-        load = _load(options, target, server, generator, executable, bodies)
+        if options.warmup:
+            wait_until_idle(server, options.idle_timeout)
+            warmup = _load(options, target, server, generator, executable, bodies, options.warmup)
+            warmup_duplicates = build_row(level, target, warmup, ledger, healthz_ok, [], 0.0, None).duplicates
+            shutil.rmtree(bodies)
+        idle = wait_until_idle(server, options.idle_timeout)
+        workers = server.worker_pids()
+        for pid in workers:
+            procfs.reset_peak_memory(pid)
+        cpu_before = procfs.cpu_seconds(workers)
+        load = _load(options, target, server, generator, executable, bodies, options.duration)
         cpu = procfs.cpu_seconds(workers) - cpu_before
         peaks = [kib for kib in map(procfs.peak_memory_kib, server.worker_pids()) if kib is not None]
-        return build_row(level, target, load, ledger, healthz_ok, peaks, cpu, idle)
+        row = build_row(level, target, load, ledger, healthz_ok, peaks, cpu, idle)
+        return replace(row, duplicates=row.duplicates + warmup_duplicates)
     finally:
         shutil.rmtree(bodies, ignore_errors=True)
 
 
 def _load(
-    options: BenchOptions, target: Target, server: Server, generator: str, executable: str | None, bodies: Path
+    options: BenchOptions,
+    target: Target,
+    server: Server,
+    generator: str,
+    executable: str | None,
+    bodies: Path,
+    duration: int,
 ) -> LoadResult:
     if generator == "wrk":
         url = f"http://127.0.0.1:{server.port}{target.path}"
         threads = min(os.cpu_count() or 1, options.concurrency)
-        return run_wrk(executable, url, options.concurrency, options.duration, threads, options.request_timeout, bodies)
-    return run_python(server.port, target.path, options.concurrency, options.duration, options.request_timeout, bodies)
+        return run_wrk(executable, url, options.concurrency, duration, threads, options.request_timeout, bodies)
+    return run_python(server.port, target.path, options.concurrency, duration, options.request_timeout, bodies)
 
 
 def _progress_line(prefix: str, row: Row) -> str:
