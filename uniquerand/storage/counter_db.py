@@ -13,7 +13,7 @@ from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.permutation import BinaryFeistelPermutation, FeistelPermutation, RadixFeistelPermutation
 from uniquerand.storage.base import StoreCorruptError, StoreKeyError, StoreUnavailableError
 from uniquerand.storage.keyfile import create_key, fingerprint, read_key
-from uniquerand.storage.sqlite import connect, store_error
+from uniquerand.storage.sqlite_common import connect, store_error
 
 FILE_NAME = "counters.db"
 KEY_NAME = "key"

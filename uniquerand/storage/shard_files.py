@@ -14,7 +14,7 @@ from pathlib import Path
 
 from uniquerand.numbers import NumberKind, NumberSpace
 from uniquerand.storage.base import StoreBusyError, StoreCorruptError, StoreUnavailableError
-from uniquerand.storage.sqlite import connect, store_error
+from uniquerand.storage.sqlite_common import connect, store_error
 
 SHARDS_PER_KIND = 2
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from uniquerand.numbers import NumberSpace
 from uniquerand.storage.picking import pick_unused
 from uniquerand.storage.shard_files import ledger_count, transaction
-from uniquerand.storage.sqlite import insert_new_codes
+from uniquerand.storage.sqlite_common import insert_new_codes
 
 # Rows per refill transaction: amortises the fsync while keeping claims' waits for the write lock short.
 REFILL_CHUNK = 20_000

@@ -43,7 +43,7 @@ from uniquerand.storage.shard_files import (
     shard_names,
 )
 from uniquerand.storage.shard_refill import REFILL_CHUNK, add_to_shard, record_refill, reserve
-from uniquerand.storage.sqlite import store_error
+from uniquerand.storage.sqlite_common import store_error
 
 log = logging.getLogger(__name__)
 

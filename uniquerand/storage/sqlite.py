@@ -5,7 +5,7 @@ inside a `BEGIN IMMEDIATE` transaction that holds SQLite's write lock across eve
 process, requests are group-committed: the ones that arrive together share one transaction.
 Layout: a code is in exactly one of two tables per type: `recent_<kind>`, small, where new codes go, and
 `issued_<kind>`, large, which recent codes are moved into ("settled") a slice of the space per transaction
-once there are `settle_at` of them. Random keys in a small table dirty few pages per commit; the large
+once there are `settle_at` of them (see `settling`). Random keys in a small table dirty few pages per commit; the large
 one is only read on the request path, and written in slices that each touch a fraction of its pages.
 Durability: WAL with `synchronous=FULL`; a request's codes are returned only after COMMIT returned.
 A file that is not a database is never touched: the store fails closed.
@@ -14,7 +14,6 @@ A file that is not a database is never touched: the store fails closed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -26,12 +25,12 @@ from uniquerand.storage.base import (
     PerProcess,
     StoreBusyError,
     StoreCorruptError,
-    StoreError,
-    StoreUnavailableError,
 )
 from uniquerand.storage.durable import fsync_path
 from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.picking import pick_unused
+from uniquerand.storage.settling import Settler
+from uniquerand.storage.sqlite_common import connect, insert_new_codes, store_error
 
 FILE_NAME = "numbers.db"
 # Rows per transaction when prefilling: large enough to amortise the fsync, small enough to keep
@@ -44,88 +43,6 @@ CREATE TABLE IF NOT EXISTS issued_float (code INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS recent_int (code INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS recent_float (code INTEGER PRIMARY KEY);
 """
-# Settling moves the recent codes of one slice of the space per transaction, so a transaction touches
-# about 1/SETTLE_SLICES of the settled table's pages and other writers wait that long at most.
-SETTLE_SLICES = 8
-
-
-# What a client is told for SQLite's error classes; the error itself goes to the log only.
-UNAVAILABLE_REASONS = {
-    "SQLITE_FULL": "the disk is full",
-    "SQLITE_READONLY": "its folder is read-only",
-    "SQLITE_CANTOPEN": "its file cannot be opened",
-    "SQLITE_IOERR": "an I/O error occurred",
-    "SQLITE_PERM": "its file may not be written",
-}
-
-
-def store_error(err: BaseException, label: str) -> StoreError:
-    """The typed store error for an sqlite3 or OS exception (shared by every SQLite-backed store).
-
-    Its message is fixed per class of fault; the underlying error is kept in `detail` for the log."""
-    if isinstance(err, StoreError):
-        return err
-    name = getattr(err, "sqlite_errorname", "") or ""
-    if isinstance(err, OSError):
-        error: StoreError = StoreUnavailableError(f"The {label} store cannot be used: {err.strerror}.")
-    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        error = StoreBusyError(f"The {label} store is busy; retry shortly.")
-    elif name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
-        error = StoreCorruptError(
-            f"The {label} store is not a readable SQLite database; it was left untouched for an operator."
-        )
-    else:
-        reason = next((text for prefix, text in UNAVAILABLE_REASONS.items() if name.startswith(prefix)), None)
-        error = StoreUnavailableError(f"The {label} store cannot be used: {reason or 'a storage error occurred'}.")
-    error.detail = f"{type(err).__name__}: {err}"
-    return error
-
-
-def insert_new_codes(
-    connection: sqlite3.Connection, table: str, codes: list[int], unless_in: str | None = None
-) -> list[int]:
-    """Inserts distinct `codes` into `table` (column `code`, unique) in one statement, except those already
-    in table `unless_in` if given; returns the codes inserted, in the order given (RETURNING promises no
-    order, and the order is the draw order)."""
-    unless = f" WHERE value NOT IN (SELECT code FROM {unless_in})" if unless_in else ""
-    query = f"INSERT OR IGNORE INTO {table} (code) SELECT value FROM json_each(?){unless} RETURNING code"
-    inserted = {code for (code,) in connection.execute(query, (json.dumps(codes),)).fetchall()}
-    return [code for code in codes if code in inserted]
-
-
-def connect(path: Path, timeout: float, create: bool = True) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, fully synchronous.
-
-    With `create=False` a missing file is an error (SQLITE_CANTOPEN), never a new empty database."""
-    target = f"{Path(path).resolve().as_uri()}?mode={'rwc' if create else 'rw'}"
-    connection = sqlite3.connect(target, timeout=timeout, isolation_level=None, check_same_thread=False, uri=True)
-    try:
-        connection.execute("PRAGMA journal_mode=WAL").fetchall()
-        connection.execute("PRAGMA synchronous=FULL")
-    except sqlite3.Error:
-        connection.close()
-        raise
-    return connection
-
-
-class _Settling:
-    """A process's settling bookkeeping: codes it issued since it last asked whether a round is due, and
-    (used by the writer thread only) the round it runs."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.issued_since_check = dict.fromkeys(KINDS, 0)
-        self.next_slice = dict.fromkeys(KINDS, 0)
-        self.slices_left = dict.fromkeys(KINDS, 0)
-
-    def due(self, kind: NumberKind, issued: int, settle_at: int) -> bool:
-        """True once every 1/SETTLE_SLICES of `settle_at` codes this process issued: time to count."""
-        with self.lock:
-            self.issued_since_check[kind] += issued
-            if self.issued_since_check[kind] < max(1, settle_at // SETTLE_SLICES):
-                return False
-            self.issued_since_check[kind] = 0
-            return True
 
 
 class SqliteStore:
@@ -148,21 +65,20 @@ class SqliteStore:
         self.settle_at = settle_at
         self._readers = PerProcess(threading.local)
         self._committer = PerProcess(self._new_committer)
-        self._settling = PerProcess(_Settling)
+        self._settler = PerProcess(lambda: Settler(spaces, settle_at, self._committer.get()))
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
         # A single number is claimed by its job's last statement (see pick_unused): no savepoint needed.
         codes = self._committer.get().submit(
             lambda connection: self._claim(connection, kind, count), writes_once=count == 1
         )
-        if self._settling.get().due(kind, len(codes), self.settle_at):
-            self._committer.get().post(lambda connection: self._start_settling(connection, kind))
+        self._settler.get().issued(kind, len(codes))
         return codes
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         for start in range(0, count, PREFILL_CHUNK):
             self.issue(kind, min(PREFILL_CHUNK, count - start))
-        self._committer.get().submit(lambda connection: self._settle_all(connection, kind))
+        self._committer.get().submit(lambda connection: self._settler.get().settle_all(connection, kind))
 
     def stats(self) -> dict[str, dict[str, int]]:
         try:
@@ -219,46 +135,6 @@ class SqliteStore:
             f"+ (SELECT COUNT(*) FROM recent_{kind} WHERE code BETWEEN ?1 AND ?2)"
         )
         return connection.execute(query, (space.low, space.high)).fetchone()[0]
-
-    # -- settling: moving recent codes into the settled table -----------------------------------------------
-
-    # Both run in the writer thread, as jobs posted to the group committer.
-
-    def _start_settling(self, connection: sqlite3.Connection, kind: NumberKind) -> None:
-        """Starts a round (every slice once) if none runs and the recent table holds `settle_at` codes
-        (another process may have settled them meanwhile)."""
-        settling = self._settling.get()
-        if settling.slices_left[kind]:
-            return
-        if connection.execute(f"SELECT COUNT(*) FROM recent_{kind}").fetchone()[0] >= self.settle_at:
-            settling.slices_left[kind] = SETTLE_SLICES
-            self._settle_next_slice(connection, kind)
-
-    def _settle_next_slice(self, connection: sqlite3.Connection, kind: NumberKind) -> None:
-        """One slice of the round per transaction; the next slice is posted first, so a failed move (logged
-        by the committer, its codes left in the recent table) does not end the round."""
-        settling = self._settling.get()
-        index = settling.next_slice[kind]
-        settling.next_slice[kind] = (index + 1) % SETTLE_SLICES
-        settling.slices_left[kind] -= 1
-        if settling.slices_left[kind]:
-            self._committer.get().post(lambda connection: self._settle_next_slice(connection, kind))
-        self._settle_slice(connection, kind, index)
-
-    def _settle_all(self, connection: sqlite3.Connection, kind: NumberKind) -> None:
-        for index in range(SETTLE_SLICES):
-            self._settle_slice(connection, kind, index)
-
-    def _settle_slice(self, connection: sqlite3.Connection, kind: NumberKind, index: int) -> None:
-        """Moves the recent codes of slice `index` of the space (the outer slices reach past its ends, so
-        codes of an earlier, wider space move too). A plain INSERT: a code in both tables would be a broken
-        invariant, and fails the move instead of hiding it."""
-        space = self.spaces[kind]
-        low = space.low + space.size * index // SETTLE_SLICES if index else -(2**63)
-        high = space.low + space.size * (index + 1) // SETTLE_SLICES - 1 if index < SETTLE_SLICES - 1 else 2**63 - 1
-        where = "WHERE code BETWEEN ? AND ?"
-        connection.execute(f"INSERT INTO issued_{kind} (code) SELECT code FROM recent_{kind} {where}", (low, high))
-        connection.execute(f"DELETE FROM recent_{kind} {where}", (low, high))
 
     def _new_committer(self) -> GroupCommitter:
         return GroupCommitter(
