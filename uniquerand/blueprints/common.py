@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import current_app, jsonify, request
+from werkzeug.datastructures import MultiDict
 
 from uniquerand.errors import InvalidParameterError
 from uniquerand.numbers import KINDS, NumberKind
@@ -17,22 +18,28 @@ def space(kind: NumberKind):
     return current_app.extensions["uniquerand"]["spaces"][kind]
 
 
-def single_param(name: str) -> str | None:
-    values = request.args.getlist(name)
-    if len(values) > 1:
-        raise InvalidParameterError(name, f"'{name}' may be given at most once.")
-    return values[0] if values else None
-
-
 def lenient_type() -> NumberKind:
     """The simple server's documented rule: `type=float` (any case) means float, anything else int."""
     value = request.args.get("type", "")
     return "float" if value.lower() == "float" else "int"
 
 
-def strict_type() -> NumberKind:
-    """`type` must be `int` or `float` (any case); the default is `int`."""
-    value = single_param("type")
+def random_request() -> tuple[NumberKind, int | None]:
+    """The validated `type` (default `int`) and `count` (None: a single number) of a /random request."""
+    args = request.args  # one look-up of the request proxy: this runs on every request
+    return _strict_type(args), _batch_count(args)
+
+
+def _single_param(args: MultiDict, name: str) -> str | None:
+    values = args.getlist(name)
+    if len(values) > 1:
+        raise InvalidParameterError(name, f"'{name}' may be given at most once.")
+    return values[0] if values else None
+
+
+def _strict_type(args: MultiDict) -> NumberKind:
+    """`type` must be `int` or `float` (any case)."""
+    value = _single_param(args, "type")
     if value is None:
         return "int"
     kind = value.lower()
@@ -43,9 +50,9 @@ def strict_type() -> NumberKind:
     return kind
 
 
-def batch_count() -> int | None:
-    """`count` as an integer in 1..MAX_COUNT, or None when absent (a single number is asked for)."""
-    value = single_param("count")
+def _batch_count(args: MultiDict) -> int | None:
+    """`count` as an integer in 1..MAX_COUNT, or None when absent."""
+    value = _single_param(args, "count")
     if value is None:
         return None
     maximum = current_app.config["MAX_COUNT"]
@@ -59,10 +66,10 @@ def batch_count() -> int | None:
 
 def numbers_response(kind: NumberKind, codes: list[int], batch: bool = False, **extra):
     """`{"number": n}` for a single number, `{"numbers": [...]}` for a batch."""
-    number_space = space(kind)
-    values = [number_space.to_json_value(code) for code in codes]
-    body = {"numbers": values} if batch else {"number": values[0]}
-    return jsonify({**body, **extra})
+    to_json_value = space(kind).to_json_value
+    if batch:
+        return jsonify({"numbers": [to_json_value(code) for code in codes], **extra})
+    return jsonify({"number": to_json_value(codes[0]), **extra})
 
 
 def stats_response(name: str):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from uniquerand.blueprints.common import batch_count, numbers_response, stats_response, store, strict_type
+from uniquerand.blueprints.common import numbers_response, random_request, stats_response, store
 
 bp = Blueprint("v4", __name__, url_prefix="/v4")
 
 
 @bp.get("/random")
 def random_number():
-    kind, count = strict_type(), batch_count()
+    kind, count = random_request()
     claimed = store("v4").claim(kind, count or 1)
     codes = [code for code, _ in claimed]
     if count is None:

@@ -57,17 +57,18 @@ def _pick(
     return pick_unused(drawing, count, max_attempts, claim, lambda: recorded + new, used_ascending, claim_many)
 
 
+# Both run as jobs of the shard's writer (a group commit), inside its transaction: one statement each.
+
+
 def add_to_shard(connection: sqlite3.Connection, codes: list[int], used: int) -> None:
-    with transaction(connection):
-        connection.executemany("INSERT INTO pool (code, used) VALUES (?, ?)", ((code, used) for code in codes))
+    connection.executemany("INSERT INTO pool (code, used) VALUES (?, ?)", ((code, used) for code in codes))
 
 
 def record_refill(connection: sqlite3.Connection, added: int, seconds: float) -> None:
-    with transaction(connection):
-        connection.executemany(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-            [("last_refill_at", time.time()), ("last_refill_added", added), ("last_refill_seconds", seconds)],
-        )
+    connection.executemany(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+        [("last_refill_at", time.time()), ("last_refill_added", added), ("last_refill_seconds", seconds)],
+    )
 
 
 class _BulkDrawingSpace:

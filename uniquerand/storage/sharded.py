@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from uniquerand.logs import event
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
@@ -46,6 +47,7 @@ from uniquerand.storage.shard_refill import REFILL_CHUNK, add_to_shard, record_r
 from uniquerand.storage.sqlite_common import store_error
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Seconds before a failed refill of a shard may be scheduled again (so a broken disk is not hammered).
 REFILL_RETRY_DELAY = 1.0
@@ -127,16 +129,20 @@ class ShardedSqliteStore:
         """Up to `count` (id, code) rows of shard `name`, durably marked used. Claims of this process's threads
         that arrive together are group-committed: one transaction and one fsync for all of them."""
         # fetchall(): an unfinished RETURNING statement would keep the write lock held.
-        claim = self._claimer(name).submit(lambda connection: connection.execute(CLAIM, (count,)).fetchall(), True)
-        rows = sorted(claim)
+        rows = sorted(self._write(name, lambda connection: connection.execute(CLAIM, (count,)).fetchall()))
         if len(rows) < count or rows[0][2] - rows[-1][0] < self.refill_at:
             # Unused rows all lie above the claimed ids, so max(id) - last claimed id counts what is left.
             self._schedule_refill(name)
         return [(row_id, code) for row_id, code, _ in rows]
 
-    def _claimer(self, name: str) -> GroupCommitter:
-        """This process's group committer of shard `name`: its writers of every process take turns on a
-        blocking flock of `<shard>.claim.lock`, which hands the shard over the moment it is free."""
+    def _write(self, name: str, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs `job` (one statement) in the next transaction of shard `name`'s writer and returns its result
+        once committed. Every write to a shard goes through it (claims, refills, put-backs): the writers of
+        all processes take turns on a blocking flock of `<shard>.claim.lock`, which hands the shard over the
+        moment it is free, so a refill never meets a claim in SQLite's sleeping busy handler."""
+        return self._writer(name).submit(job, writes_once=True)
+
+    def _writer(self, name: str) -> GroupCommitter:
         state = self._state()
         with state.guard:
             if name not in state.claimers:
@@ -153,10 +159,9 @@ class ShardedSqliteStore:
         """Puts back rows claimed for a batch that could not be completed; they were never answered."""
         for name in {name for name, _, _ in claimed}:
             ids = [row_id for shard, row_id, _ in claimed if shard == name]
+            query = f"UPDATE pool SET used = 0 WHERE id IN ({','.join('?' * len(ids))})"
             try:
-                with self._files.translated_errors(name):
-                    placeholders = ",".join("?" * len(ids))
-                    self._connection(name).execute(f"UPDATE pool SET used = 0 WHERE id IN ({placeholders})", ids)
+                self._write(name, lambda connection, query=query, ids=ids: connection.execute(query, ids))
             except (StoreBusyError, StoreUnavailableError, StoreCorruptError):
                 # They stay marked used: lost, never served, which is the safe direction.
                 log.warning("could not put back %d claimed rows of %s", len(ids), name, exc_info=True)
@@ -249,7 +254,7 @@ class ShardedSqliteStore:
                     codes = self._reserve(kind, min(REFILL_CHUNK, target - available))
                     if not codes:
                         break
-                    add_to_shard(connection, codes, used=0)
+                    self._write(name, lambda connection, codes=codes: add_to_shard(connection, codes, used=0))
                     available += len(codes)
                     added += len(codes)
                     if progress:
@@ -259,7 +264,7 @@ class ShardedSqliteStore:
                         available = count_available(connection)
                 if added:
                     seconds = time.monotonic() - started
-                    record_refill(connection, added, seconds)
+                    self._write(name, lambda connection: record_refill(connection, added, seconds))
                     event(
                         log, "refill_finished", stage=self.label, shard=name, added=added, available=available,
                         seconds=round(seconds, 3),
@@ -284,13 +289,12 @@ class ShardedSqliteStore:
             if not held:
                 raise StoreBusyError(f"Another process keeps refilling {name}; try again later.")
             with self._files.translated_errors(name):
-                connection = self._connection(name)
                 done = 0
                 while done < count:
                     codes = self._reserve(kind, min(REFILL_CHUNK * 5, count - done))
                     if not codes:
                         raise InsufficientRemainingError(count, done)
-                    add_to_shard(connection, codes, used=1)
+                    self._write(name, lambda connection, codes=codes: add_to_shard(connection, codes, used=1))
                     done += len(codes)
         for name in shard_names(kind):
             self.refill(name, self.shard_size, wait=max(60.0, self.lock_timeout))
