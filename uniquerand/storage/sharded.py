@@ -5,7 +5,8 @@ Concurrency: a claim is one `UPDATE ... RETURNING` statement, atomic across ever
 lock; the claims of a process that arrive together share one transaction and one fsync (group commit, see
 `group_commit`), and writers of every process take turns on a blocking flock of the shard. A refill reserves
 numbers in the ledger first (INSERT OR IGNORE under BEGIN IMMEDIATE: only new rows count) and only then adds
-them to its shard, so no number is ever in two shards; a per-shard flock lets one process at a time refill.
+them to its shard (a job of the shard's writer, like a claim), so no number is ever in two shards; a per-shard
+flock lets one process at a time refill.
 Durability: WAL with synchronous=FULL: a claim is on disk before it is returned. A crash can lose numbers
 (reserved but not yet in a shard, or claimed but not yet answered): gaps, never a number served twice.
 """
@@ -65,7 +66,7 @@ class _ProcessState:
 
     pid: int = field(default_factory=os.getpid)
     guard: threading.Lock = field(default_factory=threading.Lock)
-    claimers: dict[str, GroupCommitter] = field(default_factory=dict)
+    writers: dict[str, GroupCommitter] = field(default_factory=dict)
     local: threading.local = field(default_factory=threading.local)
     executor: ThreadPoolExecutor | None = None
     refills: dict[str, Future] = field(default_factory=dict)
@@ -145,15 +146,15 @@ class ShardedSqliteStore:
     def _writer(self, name: str) -> GroupCommitter:
         state = self._state()
         with state.guard:
-            if name not in state.claimers:
-                state.claimers[name] = GroupCommitter(
+            if name not in state.writers:
+                state.writers[name] = GroupCommitter(
                     lambda: self._files.open(name),
                     self.folder / f"{name}.claim.lock",
                     lambda err: store_error(err, f"{self.label} {name}"),
                     wait_timeout=self.lock_timeout,
                     timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
                 )
-            return state.claimers[name]
+            return state.writers[name]
 
     def _release(self, claimed: list[tuple[str, int, int]]) -> None:
         """Puts back rows claimed for a batch that could not be completed; they were never answered."""
