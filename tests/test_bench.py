@@ -11,7 +11,10 @@ import pytest
 from uniquerand.bench.results import Ledger
 from uniquerand.stages import STAGES
 
-SMALL = ["--duration", "1", "--warmup", "0", "--concurrency", "4", "--workers", "2", "--threads", "2"]
+SMALL = [
+    *("--duration", "1", "--warmup", "0", "--baseline", "once"),
+    *("--concurrency", "4", "--workers", "2", "--threads", "2"),
+]
 
 
 def bench(runner, tmp_path: Path, *args: str) -> tuple[object, dict]:
@@ -54,14 +57,20 @@ def test_bench_measures_every_stage_after_a_prefill(runner, tmp_path):
 
 def test_bench_python_client(runner, tmp_path):
     result, document = bench(
-        runner, tmp_path, "--client", "python", "--stages", "v3", "--types", "float", "--count", "2", "--no-chart"
-    )
+        runner, tmp_path, "--client", "python", "--stages", "v3", "--types", "float", "--count", "2", "--no-chart",
+        "--baseline", "each",
+    )  # fmt: skip
 
     assert result.exit_code == 0, result.output
     assert document["settings"]["generator"] == "python"
-    assert [row["label"] for row in document["rows"]] == ["/healthz", "/v3 float", "/v3 float x2"]
-    for row in document["rows"]:
+    rows = document["rows"]
+    assert [row["label"] for row in rows] == ["/healthz", "/v3 float", "/v3 float x2"]
+    for row in rows:
         assert_sane(row)
+        assert row["ratio_to_healthz"] == round(row["ok_per_s"] / row["healthz_ok_per_s"], 3)
+    # Each stage row divides by its own /healthz run, measured just before it.
+    assert rows[0]["healthz_ok_per_s"] == rows[0]["ok_per_s"]
+    assert len({row["healthz_ok_per_s"] for row in rows}) == 3
 
 
 def test_bench_measures_a_running_server_given_by_url(runner, tmp_path, make_server):

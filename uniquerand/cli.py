@@ -66,6 +66,8 @@ def _csv(kind: type):
 @click.option("--duration", type=click.IntRange(1), default=10, show_default=True, help="Seconds per row.")
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True,
               help="Seconds of load before each row's measured window (not counted; its duplicates are).")  # fmt: skip
+@click.option("--baseline", type=click.Choice(["each", "once"]), default="each", show_default=True,
+              help="Ratio to a /healthz run just before each row (each), or to the level's first (once).")  # fmt: skip
 @click.option("--client", type=click.Choice(["auto", "wrk", "python"]), default="auto", show_default=True,
               help="Load generator: wrk if installed (auto), or the multi-process Python client.")  # fmt: skip
 @click.option("--idle-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
@@ -87,7 +89,7 @@ def bench_command(**params) -> None:
     options = BenchOptions(
         url=params["url"], workers=params["workers"], threads=params["threads"], prefills=params["prefills"] or (0,),
         stages=params["stages"], kinds=params["kinds"], count=params["count"], concurrency=params["concurrency"],
-        duration=params["duration"], warmup=params["warmup"], client=params["client"],
+        duration=params["duration"], warmup=params["warmup"], baseline=params["baseline"], client=params["client"],
         idle_timeout=params["idle_timeout"], output=params["output"], chart=params["chart"],
     )  # fmt: skip
     previous = _stop_on_sigterm()

@@ -41,6 +41,7 @@ class Row:
     numbers: int
     numbers_per_s: float
     ratio_to_healthz: float | None
+    healthz_ok_per_s: float | None  # the /healthz rate the ratio divides by (see BenchOptions.baseline)
     latency_ms: dict[str, float | None]
     statuses: dict[str, int]
     socket_errors: dict[str, int]
@@ -110,6 +111,7 @@ def build_row(
         numbers=len(numbers),
         numbers_per_s=round(len(numbers) / duration, 1),
         ratio_to_healthz=round(ok_per_s / healthz_ok_per_s, 3) if healthz_ok_per_s else None,
+        healthz_ok_per_s=None if healthz_ok_per_s is None else round(healthz_ok_per_s, 1),
         latency_ms={key: None if value is None else round(value, 2) for key, value in load.latency_ms.items()},
         statuses={str(status): n for status, n in sorted(statuses.items())},
         socket_errors=load.socket_errors,

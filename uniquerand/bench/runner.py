@@ -40,6 +40,9 @@ class BenchOptions:
     # Seconds of the same load before each row's measured window, so that every worker has served the
     # endpoint (tables built, connections and leases taken); its numbers are checked for duplicates too.
     warmup: int = 1
+    # "each": every row's ratio divides by a /healthz run measured just before it, so that a shared machine's
+    # drift over the minutes of a run does not land on the ratios; "once": the level's first /healthz row.
+    baseline: str = "each"
     client: str = "auto"  # auto, wrk or python
     request_timeout: float = 30.0
     idle_timeout: float = 120.0
@@ -133,6 +136,9 @@ def _run_level(
         healthz_ok: float | None = None
         for number, target in enumerate(targets, 1):
             prefix = f"[{'-' if level is None else f'{level:,}'} {number}/{len(targets)}] {target.label}"
+            if options.baseline == "each" and target.stage != HEALTHZ:
+                healthz = _run_row(options, level, targets[0], server, generator, executable, ledger, None, workdir)
+                healthz_ok = healthz.ok_per_s
             row = _run_row(options, level, target, server, generator, executable, ledger, healthz_ok, workdir)
             if row.idle_wait_s is None:
                 warnings.append(f"{prefix}: the server was still busy after {options.idle_timeout:.0f}s")
@@ -201,6 +207,7 @@ def _progress_line(prefix: str, row: Row) -> str:
     statuses = " ".join(f"{status}:{n}" for status, n in row.statuses.items())
     return (
         f"{prefix}: {row.requests_per_s:,.0f} req/s, {row.numbers_per_s:,.0f} numbers/s, "
+        f"ratio {row.ratio_to_healthz or 0:.2f} (/healthz {row.healthz_ok_per_s or 0:,.0f}/s), "
         f"p99 {row.latency_ms.get('p99') or 0:,.1f} ms, {statuses or 'no responses'}, "
         f"{row.duplicates} duplicates, cli cpu {row.client_cpu_percent:.0f}%"
     )
