@@ -67,7 +67,7 @@ def test_bench_python_client(runner, tmp_path):
     assert [row["label"] for row in rows] == ["/healthz", "/v3 float", "/v3 float x2"]
     for row in rows:
         assert_sane(row)
-        assert row["ratio_to_healthz"] == round(row["ok_per_s"] / row["healthz_ok_per_s"], 3)
+        assert row["ratio_to_healthz"] == pytest.approx(row["ok_per_s"] / row["healthz_ok_per_s"], abs=2e-3)
     # Each stage row divides by its own /healthz run, measured just before it.
     assert rows[0]["healthz_ok_per_s"] == rows[0]["ok_per_s"]
     assert len({row["healthz_ok_per_s"] for row in rows}) == 3
@@ -98,9 +98,10 @@ def test_bench_measures_a_running_server_given_by_url(runner, tmp_path, make_ser
         assert row["prefill"] is None
         assert row["worker_peak_mib_max"] > 0
         assert_sane(row)
-    # The warm-up's numbers were issued but are not counted in the row.
+    # The warm-up's numbers were issued but are not counted in the row: far more than the few requests (at
+    # most one per client) still in flight when a measured window closes.
     measured = sum(row["numbers"] for row in document["rows"] if row["stage"] == "v3")
-    assert server.get("/v3/stats")[1]["types"]["int"]["issued"] > measured
+    assert server.get("/v3/stats")[1]["types"]["int"]["issued"] - measured > 50
 
 
 @pytest.mark.parametrize(

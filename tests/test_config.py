@@ -62,6 +62,8 @@ def test_test_config_overrides_environment(monkeypatch, make_app):
         ({"LOCK_TIMEOUT": "soon"}, "LOCK_TIMEOUT"),
         ({"LOCK_TIMEOUT": "inf"}, "LOCK_TIMEOUT"),
         ({"LOCK_TIMEOUT": "nan"}, "LOCK_TIMEOUT"),
+        ({"V3_SETTLE_AT": 0}, "V3_SETTLE_AT"),
+        ({"V3_SETTLE_AT": "many"}, "V3_SETTLE_AT"),
     ],
 )
 def test_invalid_settings_fail_at_startup_naming_the_setting(make_app, settings, named):

@@ -310,12 +310,55 @@ def test_sqlite_store_never_reissues_a_settled_code(tmp_path):
 
 
 def test_sqlite_store_settles_codes_of_an_earlier_wider_space(tmp_path):
-    make_store("sqlite", tmp_path, int_max=10_000).issue("int", 500)
+    # The first store settles nothing itself (settle_at far above what it issues).
+    spaces = {"int": NumberSpace("int", 1, 10_000), "float": NumberSpace("float", 0, 10**14 - 1, 6)}
+    wide = SqliteStore(tmp_path, spaces, label="test", max_attempts=100, lock_timeout=5.0, settle_at=10**6)
+    wide.issue("int", 500)
+    assert len(v3_codes_in(tmp_path, "recent_int")) == 500
     store = make_store("sqlite", tmp_path, int_max=100)
     store.prefill("int", 0)
 
     assert len(v3_codes_in(tmp_path, "issued_int")) == 500
     assert v3_codes_in(tmp_path, "recent_int") == set()
+
+
+def test_sqlite_store_refuses_a_writer_that_ignores_the_recent_table(tmp_path):
+    # An earlier release claimed a code by inserting into issued_int alone: it could take a recent code.
+    store = make_store("sqlite", tmp_path, int_max=1000)
+    code = store.issue("int")[0]
+    connection = sqlite3.connect(tmp_path / "numbers.db", isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="written by settling only"):
+            connection.execute("INSERT OR IGNORE INTO issued_int (code) VALUES (?)", (code,))
+    finally:
+        connection.close()
+    assert v3_codes(tmp_path / "numbers.db", "int") == {code}
+
+
+def test_sqlite_store_logs_a_failed_settling_move_and_keeps_serving(tmp_path, caplog):
+    # A code planted in both tables breaks the invariant: its slice's move fails loudly, is undone, and the
+    # other slices still settle.
+    store = make_store("sqlite", tmp_path, int_max=100)
+    store.issue("int")
+    connection = sqlite3.connect(tmp_path / "numbers.db", isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("INSERT INTO meta (key, value) VALUES ('settling', 1)")
+        connection.execute("INSERT OR IGNORE INTO issued_int (code) VALUES (7)")
+        connection.execute("DELETE FROM meta WHERE key = 'settling'")
+        connection.execute("INSERT OR IGNORE INTO recent_int (code) VALUES (7)")
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+    codes = [store.issue("int")[0] for _ in range(80)]
+
+    assert 7 not in codes and len(set(codes)) == 80
+    failures = [record for record in caplog.records if getattr(record, "event", None) == "posted_job_failed"]
+    assert failures and "UNIQUE constraint failed: issued_int.code" in failures[0].fields["detail"]
+    assert failures[0].fields["writer"] == "numbers.db.lock"
+    assert len(v3_codes_in(tmp_path, "issued_int")) >= 40
+    assert 7 in v3_codes_in(tmp_path, "recent_int")
 
 
 def v3_codes_in(folder: Path, table: str) -> set[int]:

@@ -265,7 +265,7 @@ def test_v4_a_stuck_claim_lock_is_a_503_for_every_waiting_request_never_a_hang(m
     holder.start()
     try:
         assert ready.wait(30)
-        # Eight requests at once: one leads and waits for the lock, the others queue behind it.
+        # Eight requests at once: the shard writer waits for the lock, the requests behind it give up in time.
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(lambda _: app.test_client().get("/v4/random"), range(8)))
     finally:

@@ -24,11 +24,11 @@ KEY_NAME = "key"
 # and refuses to serve: two releases never serve one database with two permutations.
 PermutationType = Callable[[bytes, int, bytes], FeistelPermutation]
 FINGERPRINT_PREFIX = "key_fingerprint"
+NEW_FINGERPRINT = "key_fingerprint:radix-feistel-10"
 PERMUTATIONS: dict[str, PermutationType] = {
     "key_fingerprint": BinaryFeistelPermutation,
-    "key_fingerprint:radix-feistel-10": RadixFeistelPermutation,
+    NEW_FINGERPRINT: RadixFeistelPermutation,
 }
-NEW_FINGERPRINT = "key_fingerprint:radix-feistel-10"
 # Near the end of the space a lease takes at most 1/TAIL_SHARE of what is left, so that the numbers
 # held unserved by other workers when the counter runs out stay few (see README, /v5).
 TAIL_SHARE = 16

@@ -1,7 +1,8 @@
 """Group commit for SQLite writers: the jobs that arrive together share one transaction and one fsync.
 
-Each process has one writer thread (started lazily, after any fork). A request's job runs inside a
-savepoint of the shared `BEGIN IMMEDIATE` transaction, so a job that fails undoes only its own writes, and
+Each committer (one per database a process writes: /v3's, each /v4 shard's) has one writer thread, started
+lazily after any fork. A job runs inside a savepoint of the shared `BEGIN IMMEDIATE` transaction (or, when
+its only write is its last statement, needs none), so a job that fails undoes only its own writes, and
 every job's result is handed back only after COMMIT returned: nothing is served before it is durable.
 Writers of different processes queue on a blocking `flock` of a lock file beside the database: the kernel
 wakes the next one the moment the lock is free, where SQLite's busy handler would sleep and poll.
@@ -19,8 +20,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from uniquerand.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +60,16 @@ class GroupCommitter:
         self._connection: sqlite3.Connection | None = None
         threading.Thread(target=self._run, name="sqlite-group-commit", daemon=True).start()
 
-    def submit(self, job: Job, writes_once: bool = False) -> Any:
+    def submit(self, job: Job, writes_once: bool = False, timeout: float | None = None) -> Any:
         """Runs `job(connection)` in the next shared transaction; returns its value once committed.
 
         `writes_once`: the job's only write is its last statement, so a job that fails has written nothing
-        and needs no savepoint (two statements fewer on the hot path).
+        and needs no savepoint (two statements fewer on the hot path). `timeout`: seconds to wait before
+        giving up with the timeout error (default: the committer's `wait_timeout`).
         """
         pending = _Pending(job, needs_savepoint=not writes_once)
         self._queue.put(pending)
-        if not pending.done.wait(self._wait_timeout):
+        if not pending.done.wait(self._wait_timeout if timeout is None else timeout):
             # Skipped if not started yet; if it already runs, its numbers are burned, never served twice.
             pending.abandoned = True
             raise self._timeout_error()
@@ -95,14 +95,22 @@ class GroupCommitter:
                     if batch:
                         self._commit(batch)
             except BaseException as err:  # the writer thread must survive anything
-                log.exception("group_commit_failed", extra={"event": "group_commit_failed", "fields": {}})
+                fields = {"writer": self._lock_path.name}
+                log.exception("group_commit_failed", extra={"event": "group_commit_failed", "fields": fields})
                 self._abandon_transaction()
                 for pending in batch:
                     pending.error = pending.error or self._translate(err)
             for pending in batch:
                 pending.done.set()
                 if pending.posted and pending.error is not None:
-                    event(log, "posted_job_failed", logging.WARNING, error=str(pending.error))
+                    self._log_posted_failure(pending.error)
+
+    def _log_posted_failure(self, error: BaseException) -> None:
+        """Nobody waits for a posted job: its failure goes to the log, with the SQLite error or traceback."""
+        detail = getattr(error, "detail", None)
+        exc_info = None if detail else (type(error), error, error.__traceback__)
+        fields = {"writer": self._lock_path.name, "error": str(error), **({"detail": detail} if detail else {})}
+        log.warning("posted_job_failed", exc_info=exc_info, extra={"event": "posted_job_failed", "fields": fields})
 
     def _gather(self, batch: list[_Pending]) -> None:
         while len(batch) < self._max_jobs:

@@ -55,7 +55,9 @@ def kind_of(name: str) -> NumberKind:
 def flock_by(descriptor: int, deadline: float, longest_pause: float) -> bool:
     """Takes an exclusive flock on `descriptor` before `deadline` (monotonic); False if it could not.
 
-    Polls with a growing pause: a blocking flock could not give up in time if the holder were stopped.
+    Polls with a growing pause, for the caller that must give up in time if the holder were stopped (refill
+    and open locks). The shard writers block in flock instead: they run on their own thread, and the
+    requests waiting for them give up after LOCK_TIMEOUT (see `group_commit`).
     """
     pause = min(0.0001, longest_pause)
     while True:

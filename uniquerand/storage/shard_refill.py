@@ -57,7 +57,7 @@ def _pick(
     return pick_unused(drawing, count, max_attempts, claim, lambda: recorded + new, used_ascending, claim_many)
 
 
-# Both run as jobs of the shard's writer (a group commit), inside its transaction: one statement each.
+# Both run as jobs of the shard's writer (a group commit), each in its own savepoint of its transaction.
 
 
 def add_to_shard(connection: sqlite3.Connection, codes: list[int], used: int) -> None:

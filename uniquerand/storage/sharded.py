@@ -136,12 +136,16 @@ class ShardedSqliteStore:
             self._schedule_refill(name)
         return [(row_id, code) for row_id, code, _ in rows]
 
-    def _write(self, name: str, job: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs `job` (one statement) in the next transaction of shard `name`'s writer and returns its result
-        once committed. Every write to a shard goes through it (claims, refills, put-backs): the writers of
-        all processes take turns on a blocking flock of `<shard>.claim.lock`, which hands the shard over the
-        moment it is free, so a refill never meets a claim in SQLite's sleeping busy handler."""
-        return self._writer(name).submit(job, writes_once=True)
+    def _write(self, name: str, job: Callable[[sqlite3.Connection], T], statement: bool = True) -> T:
+        """Runs `job` in the next transaction of shard `name`'s writer and returns its result once committed.
+        Every write to a shard goes through it (claims, refills, put-backs): the writers of all processes take
+        turns on a blocking flock of `<shard>.claim.lock`, which hands the shard over the moment it is free,
+        so a refill never meets a claim in SQLite's sleeping busy handler. A request waits LOCK_TIMEOUT at
+        most; a job of several statements (`statement=False`: a refill's) gets a savepoint, and waits longer,
+        since numbers it was given up on would be lost."""
+        if statement:
+            return self._writer(name).submit(job, writes_once=True)
+        return self._writer(name).submit(job, timeout=max(60.0, self.lock_timeout))
 
     def _writer(self, name: str) -> GroupCommitter:
         state = self._state()
@@ -255,7 +259,7 @@ class ShardedSqliteStore:
                     codes = self._reserve(kind, min(REFILL_CHUNK, target - available))
                     if not codes:
                         break
-                    self._write(name, lambda connection, codes=codes: add_to_shard(connection, codes, used=0))
+                    self._write(name, lambda connection, c=codes: add_to_shard(connection, c, used=0), statement=False)
                     available += len(codes)
                     added += len(codes)
                     if progress:
@@ -265,7 +269,7 @@ class ShardedSqliteStore:
                         available = count_available(connection)
                 if added:
                     seconds = time.monotonic() - started
-                    self._write(name, lambda connection: record_refill(connection, added, seconds))
+                    self._write(name, lambda connection: record_refill(connection, added, seconds), statement=False)
                     event(
                         log, "refill_finished", stage=self.label, shard=name, added=added, available=available,
                         seconds=round(seconds, 3),
@@ -295,7 +299,7 @@ class ShardedSqliteStore:
                     codes = self._reserve(kind, min(REFILL_CHUNK * 5, count - done))
                     if not codes:
                         raise InsufficientRemainingError(count, done)
-                    self._write(name, lambda connection, codes=codes: add_to_shard(connection, codes, used=1))
+                    self._write(name, lambda connection, c=codes: add_to_shard(connection, c, used=1), statement=False)
                     done += len(codes)
         for name in shard_names(kind):
             self.refill(name, self.shard_size, wait=max(60.0, self.lock_timeout))
