@@ -19,6 +19,16 @@ limit_request_line = 4094
 
 
 def post_worker_init(worker):
+    """Makes gunicorn's own error pages JSON (below), then builds what the worker's first requests would
+    otherwise wait for (see `uniquerand.stages.prepare_stores`)."""
+    from uniquerand.stages import prepare_stores
+
+    json_error_pages()
+    if hasattr(worker.wsgi, "extensions"):  # the uniquerand app, not gunicorn's error app after a failed load
+        prepare_stores(worker.wsgi)
+
+
+def json_error_pages():
     """Requests gunicorn refuses before the app sees them (request line too long or malformed, raw
     non-ASCII bytes, headers too large) get a JSON body like every other error of this API, not HTML.
 

@@ -112,3 +112,22 @@ def test_v5_server_concurrent_batches_are_distinct_and_refused_whole(make_server
         assert status == 503
         assert body["code"] in ("insufficient_remaining", "space_exhausted")
         assert body.get("remaining", 0) < 40
+
+
+def test_v5_workers_prepare_key_and_tables_at_start(make_server, instance_path):
+    # Before any /v5 request: the key is made and the first request finds its permutation built.
+    server = make_server(workers=2, threads=2)
+
+    assert (instance_path / "v5" / "key").stat().st_size == 32
+    assert server.get("/v5/stats")[1]["types"]["int"]["counter"] == 0  # nothing leased by preparing
+
+
+def test_v5_a_worker_that_cannot_prepare_still_starts_and_answers_json(make_server, instance_path):
+    (instance_path / "v5").mkdir(parents=True)
+    (instance_path / "v5" / "key").write_bytes(b"too short")
+
+    server = make_server(workers=2, threads=2)
+
+    assert server.get("/healthz")[0] == 200
+    status, body, _ = server.get("/v5/random")
+    assert status == 500 and body["code"] == "store_key_invalid"

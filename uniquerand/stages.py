@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,12 +10,15 @@ from pathlib import Path
 from flask import Blueprint
 
 from uniquerand.blueprints import v1, v2, v3, v4, v5
+from uniquerand.logs import event
 from uniquerand.numbers import NumberKind, NumberSpace
+from uniquerand.storage.base import StoreError
 from uniquerand.storage.json_file import JsonFileStore
 from uniquerand.storage.leased import LeasedCounterStore
 from uniquerand.storage.sharded import ShardedSqliteStore
 from uniquerand.storage.sqlite import SqliteStore
 
+log = logging.getLogger(__name__)
 SHARD_NAME = {"type": "string", "pattern": "^(int|float)_shard_[0-9]+\\.db$", "examples": ["int_shard_1.db"]}
 StoreFactory = Callable[[Path, dict[NumberKind, NumberSpace], dict], object]
 
@@ -111,3 +115,19 @@ STAGES: tuple[Stage, ...] = (
         _leased_store,
     ),
 )
+
+
+def prepare_stores(app) -> None:
+    """Builds at a worker's start what its first requests would otherwise wait for (gunicorn.conf.py's
+    post_worker_init): today /v5's key and permutation tables. A store that cannot be prepared is left to
+    answer its requests with the usual JSON error."""
+    for name, store in app.extensions["uniquerand"]["stores"].items():
+        prepare = getattr(store, "prepare", None)
+        if prepare is None:
+            continue
+        try:
+            prepare()
+        except StoreError as err:
+            event(log, "prepare_failed", logging.WARNING, stage=name, error=str(err))
+        except Exception:  # never keep a worker from starting: its requests report the fault
+            log.exception("prepare_failed", extra={"event": "prepare_failed", "fields": {"stage": name}})

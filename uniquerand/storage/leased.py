@@ -105,6 +105,15 @@ class LeasedCounterStore:
         # The permutation is pure, so it runs outside the lock.
         return [low + index for start, stop in ranges for index in permutation.many(start, stop - start)]
 
+    def prepare(self) -> None:
+        """Loads the key and builds both permutations (tables: ~0.1 s), as a process's first requests would;
+        leases nothing. Called when a worker starts, so that no request waits for it."""
+        process = self._process
+        with self._locked(process.lock):
+            self._ready(process)
+            for kind in KINDS:
+                self._permutation(process, process.leases[kind], kind)
+
     def prefill(self, kind: NumberKind, count: int) -> None:
         process = self._process
         with self._locked(process.lock):
