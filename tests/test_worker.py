@@ -1,0 +1,107 @@
+"""The project's gunicorn worker (uniquerand/worker.py): it accepts a connection only while a thread is free.
+
+A connection that sends nothing holds a thread while gunicorn waits for its request (up to 5 s), which
+makes "every thread of a worker is busy" a state a test can set up and hold.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+def accepted_connections(pid: int, port: int) -> int:
+    """Connections to `port` that process `pid` has accepted (a connection still in the listen queue has no
+    socket in any process)."""
+    inodes = set()
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(entry)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
+def accepted_per_worker(server) -> list[int]:
+    return sorted(accepted_connections(pid, server.port) for pid in server.worker_pids())
+
+
+def wait_for(condition, timeout: float = 4.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def response_status(sock: socket.socket) -> int:
+    sock.settimeout(10)
+    head = b""
+    while b"\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "the server closed the connection without answering"
+        head += chunk
+    return int(head.split()[1])
+
+
+def test_connections_that_arrive_together_spread_over_every_worker(make_server):
+    # gunicorn's own gthread worker accepts whatever it can: here 24 of 32 benchmark connections once
+    # landed on one of 4 workers, whose 4 threads then queued them while the others idled.
+    server = make_server(workers=4, threads=2)
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(8)]
+    try:
+        assert wait_for(lambda: sum(accepted_per_worker(server)) == 8), accepted_per_worker(server)
+        assert accepted_per_worker(server) == [2, 2, 2, 2]
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_a_connection_waits_for_a_free_thread_and_is_then_served(make_server):
+    server = make_server(workers=1, threads=1)
+    (worker,) = server.worker_pids()
+    holder = socket.create_connection(("127.0.0.1", server.port))
+    waiting = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        waiting.sendall(REQUEST)
+        assert wait_for(lambda: accepted_connections(worker, server.port) >= 1)
+        # The only thread waits for `holder`'s request: the worker leaves `waiting` in the listen queue.
+        assert not wait_for(lambda: accepted_connections(worker, server.port) > 1, timeout=0.5)
+        holder.sendall(REQUEST)
+        assert response_status(holder) == 200
+        # The thread is free again: the waiting connection is accepted and answered, not starved.
+        assert response_status(waiting) == 200
+    finally:
+        holder.close()
+        waiting.close()
+
+
+def test_kept_alive_connections_hold_no_thread(make_server):
+    # More idle keep-alive connections than threads: each is answered in turn, and a new one is still
+    # accepted, since a kept-alive connection between requests does not count as a busy thread.
+    server = make_server(workers=1, threads=1)
+    request = REQUEST.replace(b"Connection: close", b"Connection: keep-alive")
+    kept = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(request)
+            assert response_status(sock) == 200
+            kept.append(sock)
+        assert server.get("/healthz")[0] == 200
+    finally:
+        for sock in kept:
+            sock.close()
