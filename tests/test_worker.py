@@ -6,6 +6,7 @@ makes "every thread of a worker is busy" a state a test can set up and hold.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -14,24 +15,56 @@ from pathlib import Path
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
-def accepted_connections(pid: int, port: int) -> int:
-    """Connections to `port` that process `pid` has accepted (a connection still in the listen queue has no
-    socket in any process)."""
+def socket_inodes(port: int, state: str) -> set[str]:
+    """Inodes of the IPv4 sockets on local `port` in TCP `state` ("01" established, "0A" listening). A
+    connection still in the listen queue has inode 0: no process holds it yet."""
     inodes = set()
-    for entry in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(entry)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    count = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
-            count += 1
-    return count
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+            inodes.add(fields[9])
+    return inodes
+
+
+def open_files(pid: int) -> dict[str, str]:
+    """File descriptor number -> what it points to (`socket:[inode]`, `anon_inode:[eventpoll]`, a path)."""
+    files = {}
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            files[entry.name] = os.readlink(entry)
+    return files
+
+
+def accepted_connections(pid: int, port: int) -> int:
+    """Connections to `port` that process `pid` has accepted."""
+    established = {f"socket:[{inode}]" for inode in socket_inodes(port, "01")}
+    return sum(target in established for target in open_files(pid).values())
+
+
+def polls_listener(pid: int, port: int) -> bool:
+    """Whether worker `pid` has the listening socket in its poller, i.e. has booted and would accept."""
+    listening = {f"socket:[{inode}]" for inode in socket_inodes(port, "0A")}
+    files = open_files(pid)
+    listener = {fd for fd, target in files.items() if target in listening}
+    pollers = [fd for fd, target in files.items() if target == "anon_inode:[eventpoll]"]
+    for poller in pollers:
+        with contextlib.suppress(OSError):
+            polled = {
+                line.split()[1]
+                for line in Path(f"/proc/{pid}/fdinfo/{poller}").read_text().splitlines()
+                if line.startswith("tfd:")
+            }
+            if listener & polled:
+                return True
+    return False
+
+
+def start_ready(make_server, **options):
+    """A server whose every worker is booted and accepting: a worker still loading the app would leave the
+    connections of these tests to the others."""
+    server = make_server(**options)
+    assert wait_for(lambda: all(polls_listener(pid, server.port) for pid in server.worker_pids()), timeout=30)
+    return server
 
 
 def accepted_per_worker(server) -> list[int]:
@@ -60,7 +93,7 @@ def response_status(sock: socket.socket) -> int:
 def test_connections_that_arrive_together_spread_over_every_worker(make_server):
     # gunicorn's own gthread worker accepts whatever it can: here 24 of 32 benchmark connections once
     # landed on one of 4 workers, whose 4 threads then queued them while the others idled.
-    server = make_server(workers=4, threads=2)
+    server = start_ready(make_server, workers=4, threads=2)
     silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(8)]
     try:
         assert wait_for(lambda: sum(accepted_per_worker(server)) == 8), accepted_per_worker(server)
@@ -71,7 +104,7 @@ def test_connections_that_arrive_together_spread_over_every_worker(make_server):
 
 
 def test_a_connection_waits_for_a_free_thread_and_is_then_served(make_server):
-    server = make_server(workers=1, threads=1)
+    server = start_ready(make_server, workers=1, threads=1)
     (worker,) = server.worker_pids()
     holder = socket.create_connection(("127.0.0.1", server.port))
     waiting = socket.create_connection(("127.0.0.1", server.port))
@@ -92,7 +125,7 @@ def test_a_connection_waits_for_a_free_thread_and_is_then_served(make_server):
 def test_kept_alive_connections_hold_no_thread(make_server):
     # More idle keep-alive connections than threads: each is answered in turn, and a new one is still
     # accepted, since a kept-alive connection between requests does not count as a busy thread.
-    server = make_server(workers=1, threads=1)
+    server = start_ready(make_server, workers=1, threads=1)
     request = REQUEST.replace(b"Connection: close", b"Connection: keep-alive")
     kept = []
     try:
@@ -101,6 +134,8 @@ def test_kept_alive_connections_hold_no_thread(make_server):
             sock.sendall(request)
             assert response_status(sock) == 200
             kept.append(sock)
+        (worker,) = server.worker_pids()
+        assert accepted_connections(worker, server.port) == 3
         assert server.get("/healthz")[0] == 200
     finally:
         for sock in kept:

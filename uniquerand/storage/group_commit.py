@@ -104,7 +104,7 @@ class GroupCommitter:
                 for pending in batch:
                     pending.error = pending.error or self._translate(err)
             for pending in batch:
-                pending.done.release()
+                pending.done.release()  # once: a job is taken from the queue into exactly one batch
                 if pending.posted and pending.error is not None:
                     self._log_posted_failure(pending.error)
 
