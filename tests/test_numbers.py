@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -15,6 +16,16 @@ def test_draws_stay_inside_the_space():
     space = NumberSpace("int", -3, 3)
     seen = {space.draw() for _ in range(2000)}
     assert seen == set(range(-3, 4))
+    assert {NumberSpace("int", 9, 9).draw() for _ in range(10)} == {9}
+    assert all(0 <= NumberSpace("int", 0, 2**32 - 1).draw() < 2**32 for _ in range(1000))
+
+
+def test_draws_are_uniform_when_the_size_is_no_power_of_two():
+    # Size 5 draws from 3 bits and rejects 5..7; folding them back (value % 5) would make 0..2 twice as likely.
+    space = NumberSpace("int", 10, 14)
+    counts = Counter(space.draw() for _ in range(5000))
+    assert sorted(counts) == [10, 11, 12, 13, 14]
+    assert all(850 < count < 1150 for count in counts.values()), counts  # 1000 each; sd 28
 
 
 @pytest.mark.parametrize("decimals", [0, 1, 6, 9])

@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS recent_int (code INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS recent_float (code INTEGER PRIMARY KEY);
 """
 
+# A code is claimed only if it is in neither table: the check and the insert are one statement.
+CLAIM = {
+    kind: f"INSERT OR IGNORE INTO recent_{kind} (code) "
+    f"SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM issued_{kind} WHERE code = ?1)"
+    for kind in KINDS
+}
+
 
 class SqliteStore:
     def __init__(
@@ -70,9 +77,10 @@ class SqliteStore:
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
         # A single number is claimed by its job's last statement (see pick_unused): no savepoint needed.
-        codes = self._committer.get().submit(
-            lambda connection: self._claim(connection, kind, count), writes_once=count == 1
-        )
+        if count == 1:
+            codes = self._committer.get().submit(lambda connection: self._claim_one(connection, kind), writes_once=True)
+        else:
+            codes = self._committer.get().submit(lambda connection: self._claim(connection, kind, count))
         self._settler.get().issued(kind, len(codes))
         return codes
 
@@ -96,16 +104,19 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as err:
             raise store_error(err, self.label) from err
 
+    def _claim_one(self, connection: sqlite3.Connection, kind: NumberKind) -> list[int]:
+        """The common request: one draw, one statement; a used code takes the general path."""
+        code = self.spaces[kind].draw()
+        if connection.execute(CLAIM[kind], (code,)).rowcount == 1:
+            return [code]
+        return self._claim(connection, kind, 1)
+
     def _claim(self, connection: sqlite3.Connection, kind: NumberKind, count: int) -> list[int]:
         space = self.spaces[kind]
         recent, settled = f"recent_{kind}", f"issued_{kind}"
 
         def claim(code: int) -> bool:
-            query = (
-                f"INSERT OR IGNORE INTO {recent} (code) "
-                f"SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM {settled} WHERE code = ?1)"
-            )
-            return connection.execute(query, (code,)).rowcount == 1
+            return connection.execute(CLAIM[kind], (code,)).rowcount == 1
 
         def claim_many(codes: list[int]) -> list[int]:
             return insert_new_codes(connection, recent, codes, unless_in=settled)
