@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from uniquerand.bench.load import LoadResult, numbers_in, recorded_responses
 from uniquerand.bench.targets import Target
@@ -42,6 +42,7 @@ class Row:
     numbers_per_s: float
     ratio_to_healthz: float | None
     healthz_ok_per_s: float | None  # the /healthz rate the ratio divides by (see BenchOptions.baseline)
+    healthz_around: list[float] | None  # baseline "each": the /healthz runs just before and after the row
     latency_ms: dict[str, float | None]
     statuses: dict[str, int]
     socket_errors: dict[str, int]
@@ -112,6 +113,7 @@ def build_row(
         numbers_per_s=round(len(numbers) / duration, 1),
         ratio_to_healthz=round(ok_per_s / healthz_ok_per_s, 3) if healthz_ok_per_s else None,
         healthz_ok_per_s=None if healthz_ok_per_s is None else round(healthz_ok_per_s, 1),
+        healthz_around=None,
         latency_ms={key: None if value is None else round(value, 2) for key, value in load.latency_ms.items()},
         statuses={str(status): n for status, n in sorted(statuses.items())},
         socket_errors=load.socket_errors,
@@ -123,4 +125,16 @@ def build_row(
         server_cpu_percent=round(100 * server_cpu_seconds / duration, 1),
         client_cpu_percent=round(100 * load.client_cpu_seconds / duration, 1),
         idle_wait_s=None if idle_wait_s is None else round(idle_wait_s, 2),
+    )
+
+
+def with_baseline_around(row: Row, before: float, after: float) -> Row:
+    """`row` with its ratio divided by the mean of the /healthz runs just before and just after it: a drift of
+    the shared machine's speed over the row cancels out instead of landing on its ratio."""
+    healthz = (before + after) / 2
+    return replace(
+        row,
+        ratio_to_healthz=round(row.ok_per_s / healthz, 3) if healthz else None,
+        healthz_ok_per_s=round(healthz, 1),
+        healthz_around=[round(before, 1), round(after, 1)],
     )

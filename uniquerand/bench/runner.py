@@ -18,7 +18,7 @@ from uniquerand.bench.load import LoadResult, wrk_path
 from uniquerand.bench.prefill import prefill_instance
 from uniquerand.bench.pyclient import run_python
 from uniquerand.bench.report import write_json
-from uniquerand.bench.results import Ledger, Row, build_row
+from uniquerand.bench.results import Ledger, Row, build_row, with_baseline_around
 from uniquerand.bench.server import BenchError, ExternalServer, GunicornServer, Server, wait_until_idle
 from uniquerand.bench.targets import HEALTHZ, Target, plan
 from uniquerand.bench.wrk import run_wrk
@@ -40,8 +40,9 @@ class BenchOptions:
     # Seconds of the same load before each row's measured window, so that every worker has served the
     # endpoint (tables built, connections and leases taken); its numbers are checked for duplicates too.
     warmup: int = 1
-    # "each": every row's ratio divides by a /healthz run measured just before it, so that a shared machine's
-    # drift over the minutes of a run does not land on the ratios; "once": the level's first /healthz row.
+    # "each": every row's ratio divides by the mean of the /healthz runs measured just before and just after it,
+    # so that a shared machine's drift over the minutes of a run does not land on the ratios; "once": the
+    # level's first /healthz row.
     baseline: str = "each"
     client: str = "auto"  # auto, wrk or python
     request_timeout: float = 30.0
@@ -133,13 +134,24 @@ def _run_level(
         for ledger_key, numbers in probed.items():
             ledger.record(ledger_key, numbers)
         rows: list[Row] = []
+        # The level's /healthz row ("once"), or the /healthz run just before the next row ("each").
         healthz_ok: float | None = None
+
+        def run(target: Target, healthz_ok: float | None) -> Row:
+            return _run_row(options, level, target, server, generator, executable, ledger, healthz_ok, workdir)
+
         for number, target in enumerate(targets, 1):
             prefix = f"[{'-' if level is None else f'{level:,}'} {number}/{len(targets)}] {target.label}"
-            if options.baseline == "each" and target.stage != HEALTHZ:
-                healthz = _run_row(options, level, targets[0], server, generator, executable, ledger, None, workdir)
-                healthz_ok = healthz.ok_per_s
-            row = _run_row(options, level, target, server, generator, executable, ledger, healthz_ok, workdir)
+            if target.stage == HEALTHZ:
+                row = run(target, None)
+            else:
+                if options.baseline == "each" and healthz_ok is None:
+                    healthz_ok = run(targets[0], None).ok_per_s
+                row = run(target, healthz_ok)
+                if options.baseline == "each":
+                    # The run after this row is the one before the next: one /healthz run per row, as before.
+                    after = run(targets[0], None).ok_per_s
+                    row, healthz_ok = with_baseline_around(row, healthz_ok, after), after
             if row.idle_wait_s is None:
                 warnings.append(f"{prefix}: the server was still busy after {options.idle_timeout:.0f}s")
                 say(f"{prefix}: server still busy after {options.idle_timeout:.0f}s; measured anyway", fg="yellow")
