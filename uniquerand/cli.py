@@ -67,7 +67,8 @@ def _csv(kind: type):
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True,
               help="Seconds of load before each row's measured window (not counted; its duplicates are).")  # fmt: skip
 @click.option("--baseline", type=click.Choice(["each", "once"]), default="each", show_default=True,
-              help="Ratio to /healthz: mean of runs just before and after each row (each), or the first run (once).")  # fmt: skip
+              help="Ratio to /healthz: the mean of runs just before and after each row (each), "
+                   "or the level's first run (once).")  # fmt: skip
 @click.option("--client", type=click.Choice(["auto", "wrk", "python"]), default="auto", show_default=True,
               help="Load generator: wrk if installed (auto), or the multi-process Python client.")  # fmt: skip
 @click.option("--idle-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
