@@ -4,8 +4,8 @@ import os
 
 bind = os.environ.get("UNIQUERAND_BIND", "127.0.0.1:8000")
 # Threads serve while a request waits on a store's lock or fsync; processes use both cores. gunicorn's
-# gthread worker, accepting only while one of its threads is free, so that connections arriving together
-# spread over the workers (see uniquerand/worker.py).
+# gthread worker, taking new connections only while a thread is left for them, so that connections
+# arriving together spread over the workers (see uniquerand/worker.py).
 worker_class = "uniquerand.worker.BalancedThreadWorker"
 workers = int(os.environ.get("UNIQUERAND_WORKERS", "4"))
 threads = int(os.environ.get("UNIQUERAND_THREADS", "4"))

@@ -140,3 +140,29 @@ def test_kept_alive_connections_hold_no_thread(make_server):
     finally:
         for sock in kept:
             sock.close()
+
+
+def test_a_new_connection_is_accepted_while_every_thread_serves_a_kept_alive_one(make_server):
+    # Under a steady load every thread serves requests of kept-alive connections. Counting those as busy
+    # threads once left a new connection in the listen queue until a thread happened to be free when the
+    # worker looked: the first responses of a benchmark's connections took up to a second.
+    server = start_ready(make_server, workers=1, threads=1)
+    (worker,) = server.worker_pids()
+    kept = socket.create_connection(("127.0.0.1", server.port))
+    new = None
+    try:
+        kept.sendall(REQUEST.replace(b"Connection: close", b"Connection: keep-alive"))
+        assert response_status(kept) == 200
+        # Half a request: the poller hands the connection to the only thread, which waits for the rest.
+        kept.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.3)  # lets the worker's poller dispatch it first
+        new = socket.create_connection(("127.0.0.1", server.port))
+        new.sendall(REQUEST)
+        assert wait_for(lambda: accepted_connections(worker, server.port) == 2), "left in the listen queue"
+        kept.sendall(b"Host: 127.0.0.1\r\n\r\n")
+        assert response_status(kept) == 200
+        assert response_status(new) == 200
+    finally:
+        kept.close()
+        if new is not None:
+            new.close()

@@ -13,21 +13,24 @@ from gunicorn.workers.gthread import ThreadWorker
 
 
 class BalancedThreadWorker(ThreadWorker):
-    """Accepts only while fewer connections are in its threads than it has threads, so a new connection waits
-    in the listen queue for a worker with a free thread. A connection is in a thread while its request is
-    served, and, when new, while gunicorn waits (up to 5 s) for its first request. A kept-alive HTTP/1.1
-    connection holds no thread between its requests, so none is starved; when every thread of every worker
-    is busy, new connections wait in the kernel's queue, as they do for gunicorn's sync workers."""
+    """Accepts only while fewer of its new connections are in its threads than it has threads. A connection is
+    new until its first request is answered: it holds a thread while gunicorn waits (up to 5 s) for that
+    request and while the request is served. So a worker that just took its share of a burst of connections
+    leaves the rest in the listen queue for the other workers. Requests of kept-alive connections do not
+    count: under a steady load every thread serves them, and counting them would leave a new connection
+    in the queue until a thread happens to be free when the worker looks (up to a second here)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.in_threads = 0  # connections submitted to the thread pool and not finished; main thread only
+        self.unanswered: set = set()  # new connections submitted to the thread pool; main thread only
 
     def enqueue_req(self, conn) -> None:
+        new = not conn.initialized  # read before the pool's thread can initialize it
         super().enqueue_req(conn)  # raises if the pool is shut down: then nothing was counted
-        self.in_threads += 1
-        if self.in_threads >= self.cfg.threads:
-            super().set_accept_enabled(False)
+        if new:
+            self.unanswered.add(conn)
+            if len(self.unanswered) >= self.cfg.threads:
+                super().set_accept_enabled(False)
 
     def accept(self, listener) -> None:
         # select() returned the listener's event with others; one of those may have taken the last thread.
@@ -36,8 +39,8 @@ class BalancedThreadWorker(ThreadWorker):
 
     def finish_request(self, conn, fs) -> None:
         # Runs on the main thread; the main loop then re-enables accepting through set_accept_enabled.
-        self.in_threads -= 1
+        self.unanswered.discard(conn)
         super().finish_request(conn, fs)
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        super().set_accept_enabled(enabled and self.in_threads < self.cfg.threads)
+        super().set_accept_enabled(enabled and len(self.unanswered) < self.cfg.threads)
