@@ -16,8 +16,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,8 @@ class GroupCommitter:
         while True:
             batch = [self._queue.get()]
             try:
-                with self._process_lock():
+                lock_fd = self._lock_process()
+                try:
                     # Jobs are gathered only once the lock is held: the ones that arrived while this writer
                     # waited for the other processes join this transaction instead of waiting for the next
                     # one. Larger groups mean fewer commits, and a batch's random keys share more B-tree pages.
@@ -97,6 +97,8 @@ class GroupCommitter:
                     batch = [pending for pending in batch if not pending.abandoned]
                     if batch:
                         self._commit(batch)
+                finally:
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
             except BaseException as err:  # the writer thread must survive anything
                 fields = {"writer": self._lock_path.name}
                 log.exception("group_commit_failed", extra={"event": "group_commit_failed", "fields": fields})
@@ -152,17 +154,14 @@ class GroupCommitter:
         if pending.needs_savepoint:
             connection.execute("RELEASE job")
 
-    @contextmanager
-    def _process_lock(self) -> Iterator[None]:
-        """The cross-process writer lock, held from BEGIN to COMMIT."""
+    def _lock_process(self) -> int:
+        """Takes the cross-process writer lock, held from BEGIN to COMMIT; returns its descriptor, for the
+        caller to unlock (a plain call, not a @contextmanager generator: this runs once per transaction)."""
         if self._lock_fd is None:
             self._lock_path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        return self._lock_fd
 
     def _abandon_transaction(self) -> None:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
+import random
 import sqlite3
 import threading
 import time
@@ -116,7 +116,9 @@ class ShardedSqliteStore:
         if kind in state.exhausted:
             self._raise_exhausted(count, 0)
         names = shard_names(kind)
-        start = secrets.randbelow(len(names))
+        # Spreads the load, nothing more: the numbers are the pools' CSPRNG draws, whichever shard serves them.
+        # (`secrets.randbelow(2)` reads the OS twice per request on average.)
+        start = random.randrange(len(names))
         claimed: list[tuple[str, int, int]] = []
         for name in names[start:] + names[:start]:
             claimed += [(name, row_id, code) for row_id, code in self._claim_from(name, count - len(claimed))]
@@ -149,6 +151,9 @@ class ShardedSqliteStore:
 
     def _writer(self, name: str) -> GroupCommitter:
         state = self._state()
+        writer = state.writers.get(name)  # set once per process and shard, under the guard
+        if writer is not None:
+            return writer
         with state.guard:
             if name not in state.writers:
                 state.writers[name] = GroupCommitter(
