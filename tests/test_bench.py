@@ -45,6 +45,9 @@ def test_bench_measures_every_stage_after_a_prefill(runner, tmp_path):
     assert document["settings"]["generator"] == ("wrk" if shutil.which("wrk") else "python")
     labels = [row["label"] for row in rows]
     assert labels[0] == "/healthz" and rows[0]["ratio_to_healthz"] == 1.0
+    # --baseline once: every row divides by the level's /healthz row.
+    assert {row["healthz_ok_per_s"] for row in rows} == {rows[0]["ok_per_s"]}
+    assert all(row["healthz_around"] is None for row in rows)
     assert {f"/{stage.name} int" for stage in STAGES} <= set(labels)
     assert "/v3 int x3" in labels and "/v1 int x3" not in labels  # /v1 takes no count
     for row in rows:

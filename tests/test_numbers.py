@@ -18,6 +18,10 @@ def test_draws_stay_inside_the_space():
     assert seen == set(range(-3, 4))
     assert {NumberSpace("int", 9, 9).draw() for _ in range(10)} == {9}
     assert all(0 <= NumberSpace("int", 0, 2**32 - 1).draw() < 2**32 for _ in range(1000))
+    widest = NumberSpace("int", -(2**53 - 1), 2**53 - 1)
+    draws = [widest.draw() for _ in range(1000)]
+    assert all(widest.low <= code <= widest.high for code in draws)
+    assert min(draws) < -(2**50) and max(draws) > 2**50  # the whole width is used, both signs
 
 
 def test_draws_are_uniform_when_the_size_is_no_power_of_two():

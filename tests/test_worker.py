@@ -1,4 +1,5 @@
-"""The project's gunicorn worker (uniquerand/worker.py): it accepts a connection only while a thread is free.
+"""The project's gunicorn worker (uniquerand/worker.py): it accepts a connection only while fewer of its new
+connections (first request not answered yet) than its threads are in its threads.
 
 A connection that sends nothing holds a thread while gunicorn waits for its request (up to 5 s), which
 makes "every thread of a worker is busy" a state a test can set up and hold.
@@ -41,22 +42,26 @@ def accepted_connections(pid: int, port: int) -> int:
     return sum(target in established for target in open_files(pid).values())
 
 
+def polled_fds(pid: int) -> set[str]:
+    """The file descriptors of process `pid` that its epoll pollers watch."""
+    polled = set()
+    for fd, target in open_files(pid).items():
+        if target == "anon_inode:[eventpoll]":
+            with contextlib.suppress(OSError):
+                lines = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+                polled |= {line.split()[1] for line in lines if line.startswith("tfd:")}
+    return polled
+
+
+def socket_fds(pid: int, port: int, state: str) -> set[str]:
+    """The file descriptors of process `pid` for its sockets on local `port` in TCP `state`."""
+    sockets = {f"socket:[{inode}]" for inode in socket_inodes(port, state)}
+    return {fd for fd, target in open_files(pid).items() if target in sockets}
+
+
 def polls_listener(pid: int, port: int) -> bool:
     """Whether worker `pid` has the listening socket in its poller, i.e. has booted and would accept."""
-    listening = {f"socket:[{inode}]" for inode in socket_inodes(port, "0A")}
-    files = open_files(pid)
-    listener = {fd for fd, target in files.items() if target in listening}
-    pollers = [fd for fd, target in files.items() if target == "anon_inode:[eventpoll]"]
-    for poller in pollers:
-        with contextlib.suppress(OSError):
-            polled = {
-                line.split()[1]
-                for line in Path(f"/proc/{pid}/fdinfo/{poller}").read_text().splitlines()
-                if line.startswith("tfd:")
-            }
-            if listener & polled:
-                return True
-    return False
+    return bool(socket_fds(pid, port, "0A") & polled_fds(pid))
 
 
 def start_ready(make_server, **options):
@@ -81,12 +86,21 @@ def wait_for(condition, timeout: float = 4.0) -> bool:
 
 
 def response_status(sock: socket.socket) -> int:
+    """The status of the next response on `sock`, read whole (head, then Content-Length bytes of body), so
+    that a kept-alive connection's next response starts clean."""
     sock.settimeout(10)
-    head = b""
-    while b"\r\n" not in head:
+    data = b""
+    while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)
         assert chunk, "the server closed the connection without answering"
-        head += chunk
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    missing = int(lengths[0]) - len(body) if lengths else 0
+    while missing > 0:
+        chunk = sock.recv(missing)
+        assert chunk, "the server closed the connection in the middle of a response"
+        missing -= len(chunk)
     return int(head.split()[1])
 
 
@@ -153,9 +167,11 @@ def test_a_new_connection_is_accepted_while_every_thread_serves_a_kept_alive_one
     try:
         kept.sendall(REQUEST.replace(b"Connection: close", b"Connection: keep-alive"))
         assert response_status(kept) == 200
+        (kept_fd,) = socket_fds(worker, server.port, "01")
+        assert wait_for(lambda: kept_fd in polled_fds(worker)), "not kept alive"
         # Half a request: the poller hands the connection to the only thread, which waits for the rest.
         kept.sendall(b"GET /healthz HTTP/1.1\r\n")
-        time.sleep(0.3)  # lets the worker's poller dispatch it first
+        assert wait_for(lambda: kept_fd not in polled_fds(worker)), "not handed to the thread"
         new = socket.create_connection(("127.0.0.1", server.port))
         new.sendall(REQUEST)
         assert wait_for(lambda: accepted_connections(worker, server.port) == 2), "left in the listen queue"

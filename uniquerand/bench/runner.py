@@ -134,19 +134,18 @@ def _run_level(
         for ledger_key, numbers in probed.items():
             ledger.record(ledger_key, numbers)
         rows: list[Row] = []
-        # The level's /healthz row ("once"), or the /healthz run just before the next row ("each").
+        # The level's /healthz row ("once"), or the /healthz run just before the next row ("each"). plan()
+        # puts /healthz first, so it is set before any stage row.
         healthz_ok: float | None = None
 
-        def run(target: Target, healthz_ok: float | None) -> Row:
-            return _run_row(options, level, target, server, generator, executable, ledger, healthz_ok, workdir)
+        def run(target: Target, baseline: float | None) -> Row:
+            return _run_row(options, level, target, server, generator, executable, ledger, baseline, workdir)
 
         for number, target in enumerate(targets, 1):
             prefix = f"[{'-' if level is None else f'{level:,}'} {number}/{len(targets)}] {target.label}"
             if target.stage == HEALTHZ:
                 row = run(target, None)
             else:
-                if options.baseline == "each" and healthz_ok is None:
-                    healthz_ok = run(targets[0], None).ok_per_s
                 row = run(target, healthz_ok)
                 if options.baseline == "each":
                     # The run after this row is the one before the next: one /healthz run per row, as before.

@@ -117,7 +117,7 @@ class ShardedSqliteStore:
             self._raise_exhausted(count, 0)
         names = shard_names(kind)
         # Spreads the load, nothing more: the numbers are the pools' CSPRNG draws, whichever shard serves them.
-        # (`secrets.randbelow(2)` reads the OS twice per request on average.)
+        # (`secrets.randbelow` read the OS twice per request on average for two shards.)
         start = random.randrange(len(names))
         claimed: list[tuple[str, int, int]] = []
         for name in names[start:] + names[:start]:

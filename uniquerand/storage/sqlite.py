@@ -105,7 +105,8 @@ class SqliteStore:
             raise store_error(err, self.label) from err
 
     def _claim_one(self, connection: sqlite3.Connection, kind: NumberKind) -> list[int]:
-        """The common request: one draw, one statement; a used code takes the general path."""
+        """The common request: one draw, one statement. A used code takes the general path (its own
+        MAX_ATTEMPTS draws, then the exact pick), which changes nothing but one draw more near the end."""
         code = self.spaces[kind].draw()
         if connection.execute(CLAIM[kind], (code,)).rowcount == 1:
             return [code]
