@@ -38,11 +38,17 @@ class NumberSpace:
     def contains(self, code: int) -> bool:
         return self.low <= code <= self.high
 
+    @property
+    def mask(self) -> int:
+        """Ones over the bit length of the largest offset (size - 1): a random word masked with it falls
+        inside the space at least half of the time, and is uniform there (the draws reject the rest)."""
+        return (1 << (self.size - 1).bit_length()) - 1
+
     def draw(self) -> int:
         """A code drawn uniformly from the space by the operating system's CSPRNG: a random word masked to the
         size's bit length, drawn again while it falls outside. One read per try, where `secrets.randbelow`
         takes one bit more, and so two reads on average, for a size that is a power of two (2**32 ints)."""
-        mask = (1 << (self.size - 1).bit_length()) - 1
+        mask = self.mask
         width = (mask.bit_length() + 7) // 8
         while True:
             value = int.from_bytes(os.urandom(width), "little") & mask
@@ -52,7 +58,7 @@ class NumberSpace:
     def draw_many(self, count: int) -> list[int]:
         """`count` independent uniform draws, as `draw` makes them (mask to the size's bit length, reject
         what falls outside), from one read of the CSPRNG instead of a system call per number."""
-        mask = (1 << (self.size - 1).bit_length()) - 1
+        mask = self.mask
         draws: list[int] = []
         while len(draws) < count:
             # At least half of the masked words land inside the space; read a little more than twice that.

@@ -73,7 +73,7 @@ def record_refill(connection: sqlite3.Connection, added: int, seconds: float) ->
 
 class _BulkDrawingSpace:
     """`space` whose draws come from os.urandom in bulk: the same uniform CSPRNG draws as NumberSpace.draw
-    (masking then rejection sampling, as secrets.randbelow does), without two system calls per number."""
+    (masking then rejection sampling), without a system call per number."""
 
     def __init__(self, space: NumberSpace) -> None:
         self._space = space
@@ -88,7 +88,7 @@ class _BulkDrawingSpace:
     @staticmethod
     def _words(space: NumberSpace) -> Iterator[int]:
         # Spaces stay within +-2**53 (config.validate), so 64 random bits always cover one draw.
-        mask = (1 << (space.size - 1).bit_length()) - 1
+        mask = space.mask
         while True:
             for (word,) in struct.iter_unpack("<Q", os.urandom(8 * 4096)):
                 if (word & mask) < space.size:
