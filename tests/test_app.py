@@ -60,6 +60,16 @@ def test_strict_stages_reject_a_bad_type(client, stage, query):
 
 
 @pytest.mark.parametrize("stage", STRICT)
+@pytest.mark.parametrize("kind", ["int", "float"])
+def test_a_query_that_begins_like_a_single_number_is_read_whole(client, stage, kind):
+    # `type=int` and `type=float` alone skip the parser; anything after them must not be ignored.
+    numbers = client.get(f"/{stage}/random?type={kind}&count=2").get_json()["numbers"]
+    assert [type(number).__name__ for number in numbers] == [kind, kind]
+    body = assert_json_error(client.get(f"/{stage}/random?type={kind}&type={kind}"), 422)
+    assert body["parameter"] == "type"
+
+
+@pytest.mark.parametrize("stage", STRICT)
 def test_a_bad_type_names_the_allowed_values(client, stage):
     body = assert_json_error(client.get(f"/{stage}/random?type=decimal"), 422)
     assert body["allowed"] == ["int", "float"]

@@ -125,6 +125,19 @@ def test_v5_batches_larger_than_a_block_are_distinct(make_app):
     assert sorted(numbers) == list(range(1, 3001))
 
 
+def test_v5_single_numbers_follow_the_counter_across_blocks_and_background_leases(make_app, instance_path):
+    # Blocks of 50 with a lease in the background from the 5th number of a block on: the single-number
+    # path serves most numbers, the general one finishes blocks and collects leases. Neither may skip,
+    # repeat or reorder a counter.
+    client = make_app(INT_MIN=1, INT_MAX=1000, V5_BLOCK_SIZE=50).test_client()
+
+    numbers = [client.get("/v5/random").json["number"] for _ in range(1000)]
+
+    permutation = RadixFeistelPermutation((instance_path / "v5" / "key").read_bytes(), 1000, b"int:1:1000:0")
+    assert numbers == [1 + permutation(counter) for counter in range(1000)]
+    assert_json_error(client.get("/v5/random"), 503, "space_exhausted")
+
+
 def test_v5_key_file_is_private(app, client, instance_path):
     client.get("/v5/random")
 

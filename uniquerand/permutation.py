@@ -13,6 +13,7 @@ import struct
 import sys
 from abc import ABC, abstractmethod
 from array import array
+from collections.abc import Callable
 
 KEY_BYTES = 32
 ROUNDS = 10
@@ -47,16 +48,20 @@ class FeistelPermutation(ABC):
         self._round_copies = [state.copy for state in self._round_states]
 
     def __call__(self, index: int) -> int:
+        """P(index): a single number's whole cost, so without the list and range of `many`."""
         if not 0 <= index < self.size:
             raise ValueError(f"The index must lie in [0, {self.size}), got {index}.")
-        return self.many(index, 1)[0]
+        encrypt = self._encrypt
+        value = encrypt(index)
+        while value >= self.size:
+            value = encrypt(value)
+        return value
 
     def many(self, start: int, count: int) -> list[int]:
         """[P(start), P(start + 1), ..., P(start + count - 1)]."""
         if count < 0 or start < 0 or start + count > self.size:
             raise ValueError(f"[{start}, {start + count}) is not inside [0, {self.size}).")
-        encrypt = self._encrypt_with_tables if self._tables is not None else self._encrypt_with_hashes
-        size = self.size
+        encrypt, size = self._encrypt, self.size
         result = []
         for value in range(start, start + count):
             value = encrypt(value)
@@ -64,6 +69,11 @@ class FeistelPermutation(ABC):
                 value = encrypt(value)
             result.append(value)
         return result
+
+    @property
+    def _encrypt(self) -> Callable[[int], int]:
+        """One pass over the domain: from the round tables when there are any, else by hashing."""
+        return self._encrypt_with_tables if self._tables is not None else self._encrypt_with_hashes
 
     @abstractmethod
     def _encrypt_with_tables(self, value: int) -> int: ...

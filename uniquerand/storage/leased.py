@@ -89,9 +89,16 @@ class LeasedCounterStore:
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
         process = self._process
+        leases = process.leases[kind]
+        # A single number from the block being served: the typical request, without the housekeeping below.
+        # (`permutation` is set once, under the lock, before any counter of this process is served.)
+        if count == 1 and leases.permutation is not None:
+            with self._locked(process.lock):
+                counter = leases.take_one()
+            if counter is not None:
+                return [self.spaces[kind].low + leases.permutation(counter)]
         with self._locked(process.lock):
             self._ready(process)
-            leases = process.leases[kind]
             permutation = self._permutation(process, leases, kind)
             self._collect_prefetch(leases)
             if leases.available < count:

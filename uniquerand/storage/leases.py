@@ -57,10 +57,30 @@ class Leases:
                 self.blocks.popleft()
         return ranges
 
-    def wants_prefetch(self) -> bool:
-        if self.prefetch is not None or self.counter_exhausted or len(self.blocks) > 1:
-            return False
-        if not self.blocks:
-            return True
+    def take_one(self) -> int | None:
+        """The next counter, when serving it leaves nothing else to do: no lease to collect, no block to
+        finish, no prefetch to start. Otherwise None, with nothing taken: the caller goes through `take`."""
+        if self.prefetch is not None or not self.blocks:
+            return None
         block = self.blocks[0]
-        return block.position - block.start >= PREFETCH_AT * (block.stop - block.start)
+        counter = block.position
+        if counter + 1 >= block.stop or (self._may_prefetch() and self._prefetch_due(block, counter + 1)):
+            return None
+        block.position = counter + 1
+        self.available -= 1
+        self.served += 1
+        return counter
+
+    def wants_prefetch(self) -> bool:
+        if not self._may_prefetch():
+            return False
+        return not self.blocks or self._prefetch_due(self.blocks[0], self.blocks[0].position)
+
+    def _may_prefetch(self) -> bool:
+        """No lease is on its way, the counter is not used up, and at most one block is left."""
+        return self.prefetch is None and not self.counter_exhausted and len(self.blocks) <= 1
+
+    @staticmethod
+    def _prefetch_due(block: Block, position: int) -> bool:
+        """Whether a block served up to `position` is far enough along to lease the next one."""
+        return position - block.start >= PREFETCH_AT * (block.stop - block.start)
