@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from uniquerand.bench.results import Ledger
+from uniquerand.bench.results import Ledger, Row, median_rows
 from uniquerand.stages import STAGES
 
 SMALL = [
@@ -80,6 +81,26 @@ def test_bench_python_client(runner, tmp_path):
         assert row["healthz_ok_per_s"] == pytest.approx(sum(row["healthz_around"]) / 2, abs=0.1)
 
 
+def test_bench_repeat_runs_every_row_each_round_and_shows_the_median(runner, tmp_path):
+    result, document = bench(
+        runner, tmp_path, "--client", "python", "--stages", "v5", "--types", "int", "--no-chart", "--repeat", "3",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    rows, medians = document["rows"], document["medians"]
+    assert [(row["label"], row["round"]) for row in rows] == [
+        (label, round_number) for round_number in (1, 2, 3) for label in ("/healthz", "/v5 int")
+    ]
+    for row in rows:
+        assert_sane(row)  # the ledger spans the rounds: a number served in two rounds is a duplicate
+    [healthz, v5] = medians
+    assert healthz["label"] == "/healthz" and healthz["ratio_range"] == [1.0, 1.0]
+    ratios = sorted(row["ratio_to_healthz"] for row in rows if row["label"] == "/v5 int")
+    assert v5["label"] == "/v5 int" and v5["ratio_to_healthz"] == ratios[1]
+    assert v5["ratio_range"] == [ratios[0], ratios[2]]
+    assert "round 3/3" in result.output
+
+
 def test_bench_measures_a_running_server_given_by_url(runner, tmp_path, make_server):
     server = make_server(workers=2, threads=2)
 
@@ -133,3 +154,24 @@ def test_ledger_counts_a_number_seen_twice_within_and_across_rows():
     assert ledger.record(("v3", "int"), [4, 4, 5]) == 1
     assert ledger.record(("v3", "int"), [1, 6]) == 1
     assert ledger.record(("v3", "float"), [1.0, 2.5]) == 0
+
+
+def test_median_rows_pick_each_rows_middle_round_and_keep_the_plan_order():
+    template = Row(
+        prefill=0, label="", stage="v3", type="int", count=None, path="/v3/random?type=int", generator="wrk",
+        duration_s=1.0, requests=1, requests_per_s=1.0, ok_per_s=1.0, numbers=1, numbers_per_s=1.0,
+        ratio_to_healthz=None, healthz_ok_per_s=1.0, healthz_around=None, latency_ms={}, statuses={},
+        socket_errors={}, bad_bodies=0, error_codes={}, duplicates=0, worker_peak_mib_max=None,
+        worker_peak_mib_sum=None, server_cpu_percent=0.0, client_cpu_percent=0.0, idle_wait_s=0.0,
+    )  # fmt: skip
+    measured = [("/v3 int", 1, 0.4), ("/v5 int", 1, 0.9), ("/v3 int", 2, 0.6), ("/v5 int", 2, 0.8)]
+    measured += [("/v3 int", 3, 0.5), ("/v4 int", 3, 0.45)]
+    rows = [replace(template, label=label, round=n, ratio_to_healthz=ratio) for label, n, ratio in measured]
+
+    medians = median_rows(rows)
+
+    assert [(row.label, row.round, row.ratio_to_healthz, row.ratio_range) for row in medians] == [
+        ("/v3 int", 3, 0.5, [0.4, 0.6]),
+        ("/v5 int", 2, 0.8, [0.8, 0.9]),  # an even number of rounds: the lower middle one
+        ("/v4 int", 3, 0.45, None),  # one round: its own median, no range
+    ]

@@ -69,6 +69,8 @@ def _csv(kind: type):
 @click.option("--baseline", type=click.Choice(["each", "once"]), default="each", show_default=True,
               help="Ratio to /healthz: the mean of runs just before and after each row (each), "
                    "or the level's first run (once).")  # fmt: skip
+@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
+              help="Rounds over every row; the table shows each row's median round and its ratios' range.")  # fmt: skip
 @click.option("--client", type=click.Choice(["auto", "wrk", "python"]), default="auto", show_default=True,
               help="Load generator: wrk if installed (auto), or the multi-process Python client.")  # fmt: skip
 @click.option("--idle-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
@@ -90,7 +92,8 @@ def bench_command(**params) -> None:
     options = BenchOptions(
         url=params["url"], workers=params["workers"], threads=params["threads"], prefills=params["prefills"] or (0,),
         stages=params["stages"], kinds=params["kinds"], count=params["count"], concurrency=params["concurrency"],
-        duration=params["duration"], warmup=params["warmup"], baseline=params["baseline"], client=params["client"],
+        duration=params["duration"], warmup=params["warmup"], baseline=params["baseline"], repeat=params["repeat"],
+        client=params["client"],
         idle_timeout=params["idle_timeout"], output=params["output"], chart=params["chart"],
     )  # fmt: skip
     previous = _stop_on_sigterm()
@@ -105,7 +108,7 @@ def bench_command(**params) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    click.echo(table(outcome.rows))
+    click.echo(table(outcome.medians, outcome.rows))
     click.echo(f"\nJSON: {outcome.json_path}" + (f"\nchart: {outcome.chart_path}" if outcome.chart_path else ""))
     if outcome.duplicates:
         click.secho(f"DUPLICATES: {outcome.duplicates} numbers were handed out twice.", fg="red", bold=True, err=True)

@@ -13,6 +13,7 @@ COLUMNS = (
     ("req/s", 8, ">"),
     ("numbers/s", 10, ">"),
     ("ratio", 6, ">"),
+    ("of rounds", 9, ">"),
     ("p50 ms", 8, ">"),
     ("p95 ms", 8, ">"),
     ("p99 ms", 8, ">"),
@@ -38,6 +39,7 @@ def _cells(row: Row) -> list[str]:
         _number(row.requests_per_s),
         "-" if row.stage == "healthz" else _number(row.numbers_per_s),
         _number(row.ratio_to_healthz, 2),
+        "-" if not row.ratio_range else f"{row.ratio_range[0]:.2f}-{row.ratio_range[1]:.2f}",
         _number(row.latency_ms.get("p50"), 1),
         _number(row.latency_ms.get("p95"), 1),
         _number(row.latency_ms.get("p99"), 1),
@@ -53,7 +55,9 @@ def _line(cells: list[str]) -> str:
     return "  ".join(f"{cell:{align}{width}}" for cell, (_, width, align) in zip(cells, COLUMNS, strict=True))
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], every_round: list[Row] | None = None) -> str:
+    """`rows` as a table per prefill level, then the error codes of `every_round` (default: `rows`), so that
+    the errors of a round that is not a row's median are listed too."""
     lines = []
     for level in sorted({row.prefill for row in rows}, key=lambda level: level or 0):
         heading = (
@@ -61,16 +65,22 @@ def table(rows: list[Row]) -> str:
         )
         lines += ["", heading, _line([c[0] for c in COLUMNS])]
         lines += [_line(_cells(row)) for row in rows if row.prefill == level]
-    failed = [row for row in rows if row.error_codes]
+    failed = [row for row in every_round or rows if row.error_codes]
     if failed:
         lines += ["", "error codes of the non-2xx responses:"]
         for row in failed:
             codes = ", ".join(f"{code} x{n}" for code, n in row.error_codes.items())
-            lines.append(f"  {row.label} (prefill {row.prefill}): {codes}")
+            of_round = f", round {row.round}" if every_round and len(every_round) > len(rows) else ""
+            lines.append(f"  {row.label} (prefill {row.prefill}{of_round}): {codes}")
     return "\n".join(lines)
 
 
-def write_json(path: Path, settings: dict, rows: list[Row]) -> None:
+def write_json(path: Path, settings: dict, rows: list[Row], medians: list[Row]) -> None:
+    """`rows`: every round's; `medians`: each row's median round, the table's rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"settings": settings, "rows": [asdict(row) for row in rows]}
+    document = {
+        "settings": settings,
+        "rows": [asdict(row) for row in rows],
+        "medians": [asdict(row) for row in medians],
+    }
     path.write_text(json.dumps(document, indent=2) + "\n")

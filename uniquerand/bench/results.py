@@ -54,6 +54,9 @@ class Row:
     server_cpu_percent: float
     client_cpu_percent: float
     idle_wait_s: float | None
+    round: int = 1  # with --repeat: which pass over the rows measured this one
+    # In the table of medians (see `median_rows`): the lowest and highest ratio of the row's rounds.
+    ratio_range: list[float] | None = None
 
 
 def error_code(body: str) -> str:
@@ -138,3 +141,19 @@ def with_baseline_around(row: Row, before: float, after: float) -> Row:
         healthz_ok_per_s=round(healthz, 1),
         healthz_around=[round(before, 1), round(after, 1)],
     )
+
+
+def median_rows(rows: list[Row]) -> list[Row]:
+    """Per row of the plan (prefill level and label, in the order first measured), the round whose ratio is the
+    median of its rounds (the lower middle one for an even number), with `ratio_range` set when there are
+    several. A single round is its own median."""
+    groups: dict[tuple[int | None, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.prefill, row.label), []).append(row)
+    medians = []
+    for rounds in groups.values():
+        ranked = sorted(rounds, key=lambda row: row.ratio_to_healthz or 0.0)
+        ratios = [row.ratio_to_healthz for row in ranked if row.ratio_to_healthz is not None]
+        span = [ratios[0], ratios[-1]] if len(ratios) > 1 else None
+        medians.append(replace(ranked[(len(ranked) - 1) // 2], ratio_range=span))
+    return medians

@@ -18,7 +18,7 @@ from uniquerand.bench.load import LoadResult, wrk_path
 from uniquerand.bench.prefill import prefill_instance
 from uniquerand.bench.pyclient import run_python
 from uniquerand.bench.report import write_json
-from uniquerand.bench.results import Ledger, Row, build_row, with_baseline_around
+from uniquerand.bench.results import Ledger, Row, build_row, median_rows, with_baseline_around
 from uniquerand.bench.server import BenchError, ExternalServer, GunicornServer, Server, wait_until_idle
 from uniquerand.bench.targets import HEALTHZ, Target, plan
 from uniquerand.bench.wrk import run_wrk
@@ -44,6 +44,9 @@ class BenchOptions:
     # so that a shared machine's drift over the minutes of a run does not land on the ratios; "once": the
     # level's first /healthz row.
     baseline: str = "each"
+    # Passes over every row of a level (against the same server and ledger): the table shows each row's median
+    # round, so one unlucky minute of a shared machine does not decide a row.
+    repeat: int = 1
     client: str = "auto"  # auto, wrk or python
     request_timeout: float = 30.0
     idle_timeout: float = 120.0
@@ -53,7 +56,8 @@ class BenchOptions:
 
 @dataclass
 class BenchOutcome:
-    rows: list[Row]
+    rows: list[Row]  # every round's
+    medians: list[Row]  # per row, its median round (see results.median_rows)
     json_path: Path
     chart_path: Path | None
     duplicates: int
@@ -95,15 +99,18 @@ def run_bench(options: BenchOptions, say: Say) -> BenchOutcome:
         "options": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(options).items()},
         "warnings": warnings,
     }
+    medians = median_rows(rows)
     json_path = options.output / f"bench-{stamp}.json"
-    write_json(json_path, settings, rows)
+    write_json(json_path, settings, rows, medians)
     chart_path = None
     if options.chart and any(row.prefill is not None for row in rows):
         chart_path = json_path.with_suffix(".png")
         title = f"uniquerand, {settings['servers'][0].get('workers')} workers, concurrency {options.concurrency}, "
         title += f"{options.duration}s per row, {generator} on {cpus} cores ({stamp})"
-        draw_chart(chart_path, [row for row in rows if row.prefill is not None], title)
-    return BenchOutcome(rows, json_path, chart_path, sum(row.duplicates for row in rows), warnings)
+        if options.repeat > 1:
+            title += f", median of {options.repeat} rounds"
+        draw_chart(chart_path, [row for row in medians if row.prefill is not None], title)
+    return BenchOutcome(rows, medians, json_path, chart_path, sum(row.duplicates for row in rows), warnings)
 
 
 def _run_level(
@@ -141,8 +148,13 @@ def _run_level(
         def run(target: Target, baseline: float | None) -> Row:
             return _run_row(options, level, target, server, generator, executable, ledger, baseline, workdir)
 
-        for number, target in enumerate(targets, 1):
-            prefix = f"[{'-' if level is None else f'{level:,}'} {number}/{len(targets)}] {target.label}"
+        passes = [(round_number, number, target) for round_number in range(1, options.repeat + 1)
+                  for number, target in enumerate(targets, 1)]  # fmt: skip
+        for round_number, number, target in passes:
+            where = f"{'-' if level is None else f'{level:,}'}"
+            if options.repeat > 1:
+                where += f" round {round_number}/{options.repeat}"
+            prefix = f"[{where} {number}/{len(targets)}] {target.label}"
             if target.stage == HEALTHZ:
                 row = run(target, None)
             else:
@@ -157,7 +169,7 @@ def _run_level(
             if target.stage == HEALTHZ:
                 healthz_ok = row.ok_per_s
             say(_progress_line(prefix, row), fg="red" if row.duplicates else None)
-            rows.append(row)
+            rows.append(replace(row, round=round_number))
         return rows
     finally:
         if server is not None:
