@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from dataclasses import replace
@@ -81,24 +82,34 @@ def test_bench_python_client(runner, tmp_path):
         assert row["healthz_ok_per_s"] == pytest.approx(sum(row["healthz_around"]) / 2, abs=0.1)
 
 
-def test_bench_repeat_runs_every_row_each_round_and_shows_the_median(runner, tmp_path):
+@pytest.mark.parametrize("baseline", ["once", "each"])
+def test_bench_repeat_runs_every_row_each_round_and_shows_the_median(runner, tmp_path, baseline):
     result, document = bench(
         runner, tmp_path, "--client", "python", "--stages", "v5", "--types", "int", "--no-chart", "--repeat", "3",
+        "--baseline", baseline,
     )  # fmt: skip
 
     assert result.exit_code == 0, result.output
     rows, medians = document["rows"], document["medians"]
-    assert [(row["label"], row["round"]) for row in rows] == [
-        (label, round_number) for round_number in (1, 2, 3) for label in ("/healthz", "/v5 int")
+    # "each": a later round starts from the previous round's last /healthz run, so its own /healthz row is left out.
+    healthz_rounds = (1, 2, 3) if baseline == "once" else (1,)
+    expected = [
+        (label, n) for n in (1, 2, 3) for label in ("/healthz", "/v5 int") if label != "/healthz" or n in healthz_rounds
     ]
+    assert [(row["label"], row["round"]) for row in rows] == expected
     for row in rows:
         assert_sane(row)  # the ledger spans the rounds: a number served in two rounds is a duplicate
     [healthz, v5] = medians
-    assert healthz["label"] == "/healthz" and healthz["ratio_range"] == [1.0, 1.0]
+    rates = sorted(row["ok_per_s"] for row in rows if row["label"] == "/healthz")
+    assert healthz["ok_per_s"] == rates[(len(rates) - 1) // 2] and healthz["ratio_range"] is None
     ratios = sorted(row["ratio_to_healthz"] for row in rows if row["label"] == "/v5 int")
     assert v5["label"] == "/v5 int" and v5["ratio_to_healthz"] == ratios[1]
     assert v5["ratio_range"] == [ratios[0], ratios[2]]
     assert "round 3/3" in result.output
+    if baseline == "each":
+        stage_rows = [row for row in rows if row["label"] == "/v5 int"]
+        for before, after in itertools.pairwise(stage_rows):
+            assert after["healthz_around"][0] == before["healthz_around"][1]
 
 
 def test_bench_measures_a_running_server_given_by_url(runner, tmp_path, make_server):
@@ -156,7 +167,7 @@ def test_ledger_counts_a_number_seen_twice_within_and_across_rows():
     assert ledger.record(("v3", "float"), [1.0, 2.5]) == 0
 
 
-def test_median_rows_pick_each_rows_middle_round_and_keep_the_plan_order():
+def test_median_rows_pick_each_rows_middle_round_and_count_every_rounds_duplicates():
     template = Row(
         prefill=0, label="", stage="v3", type="int", count=None, path="/v3/random?type=int", generator="wrk",
         duration_s=1.0, requests=1, requests_per_s=1.0, ok_per_s=1.0, numbers=1, numbers_per_s=1.0,
@@ -164,14 +175,17 @@ def test_median_rows_pick_each_rows_middle_round_and_keep_the_plan_order():
         socket_errors={}, bad_bodies=0, error_codes={}, duplicates=0, worker_peak_mib_max=None,
         worker_peak_mib_sum=None, server_cpu_percent=0.0, client_cpu_percent=0.0, idle_wait_s=0.0,
     )  # fmt: skip
-    measured = [("/v3 int", 1, 0.4), ("/v5 int", 1, 0.9), ("/v3 int", 2, 0.6), ("/v5 int", 2, 0.8)]
-    measured += [("/v3 int", 3, 0.5), ("/v4 int", 3, 0.45)]
-    rows = [replace(template, label=label, round=n, ratio_to_healthz=ratio) for label, n, ratio in measured]
+    measured = [("/v3 int", 1, 0.4, 0), ("/v5 int", 1, 0.9, 0), ("/v3 int", 2, 0.6, 2), ("/v5 int", 2, 0.8, 0)]
+    measured += [("/v3 int", 3, 0.5, 0), ("/v4 int", 3, 0.45, 0)]
+    rows = [
+        replace(template, label=label, round=n, ratio_to_healthz=ratio, duplicates=duplicates)
+        for label, n, ratio, duplicates in measured
+    ]
 
     medians = median_rows(rows)
 
-    assert [(row.label, row.round, row.ratio_to_healthz, row.ratio_range) for row in medians] == [
-        ("/v3 int", 3, 0.5, [0.4, 0.6]),
-        ("/v5 int", 2, 0.8, [0.8, 0.9]),  # an even number of rounds: the lower middle one
-        ("/v4 int", 3, 0.45, None),  # one round: its own median, no range
+    assert [(row.label, row.round, row.ratio_to_healthz, row.ratio_range, row.duplicates) for row in medians] == [
+        ("/v3 int", 3, 0.5, [0.4, 0.6], 2),  # round 2's duplicates are not hidden by round 3's median
+        ("/v5 int", 2, 0.8, [0.8, 0.9], 0),  # an even number of rounds: the lower middle one
+        ("/v4 int", 3, 0.45, None, 0),  # one round: its own median, no range
     ]

@@ -115,9 +115,10 @@ def test_radix_and_binary_permutations_differ_with_one_key():
 
 
 @PERMUTATION_TYPES
-def test_permutation_many_matches_single_calls(permutation_type):
-    # 1000 in a domain of 1024: some values walk the cycle, in both paths.
-    permutation = permutation_type(KEY, 1000)
+@pytest.mark.parametrize("tables", [True, False])
+def test_permutation_many_matches_single_calls(permutation_type, tables):
+    # Every index of a space of 1000, so that the values that need a second pass are compared too.
+    permutation = permutation_type(KEY, 1000, tables=tables)
 
     assert permutation.many(0, 1000) == [permutation(i) for i in range(1000)]
 

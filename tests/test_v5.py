@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from uniquerand import create_app
 from uniquerand.config import ConfigError
 from uniquerand.permutation import BinaryFeistelPermutation, RadixFeistelPermutation
 from uniquerand.storage.leased import LeasedCounterStore
+from uniquerand.storage.leases import Block, Leases
 
 SMALL = {"INT_MIN": 1, "INT_MAX": 50, "V5_BLOCK_SIZE": 1000}
 # The tweak /v5 gives the permutation of SMALL's int space (kind, low, high, decimals).
@@ -136,6 +138,26 @@ def test_v5_single_numbers_follow_the_counter_across_blocks_and_background_lease
     permutation = RadixFeistelPermutation((instance_path / "v5" / "key").read_bytes(), 1000, b"int:1:1000:0")
     assert numbers == [1 + permutation(counter) for counter in range(1000)]
     assert_json_error(client.get("/v5/random"), 503, "space_exhausted")
+
+
+def test_leases_take_one_leaves_every_boundary_to_the_general_path():
+    leases = Leases()
+    leases.add(Block(0, 20))  # the next lease is due once 10% of the block, 2 counters, are served
+
+    assert leases.take_one() == 0
+    assert leases.take_one() is None  # this counter reaches the mark: the general path starts the lease
+    assert leases.take(1) == [(1, 2)] and leases.wants_prefetch()
+    leases.prefetch = Future()
+    assert leases.take_one() is None  # a lease in flight: the general path collects it when it is done
+    leases.prefetch = None
+    leases.add(Block(20, 40))
+    assert [leases.take_one() for _ in range(17)] == list(range(2, 19))  # two blocks: nothing to lease
+    assert leases.take_one() is None  # the block's last counter: the general path finishes the block
+    assert leases.take(1) == [(19, 20)] and len(leases.blocks) == 1
+    leases.counter_exhausted = True  # nothing left to lease: the last block is served to its end
+    assert [leases.take_one() for _ in range(19)] == list(range(20, 39))
+    assert leases.take_one() is None
+    assert (leases.available, leases.served) == (1, 39)
 
 
 def test_v5_key_file_is_private(app, client, instance_path):
@@ -358,7 +380,9 @@ def test_v5_clean_exit_records_the_unserved_rest_as_skipped(tmp_path):
 
 
 def issue_into(store: LeasedCounterStore, queue) -> None:
-    queue.put(store.issue("int", 5))
+    # One at a time: the child's first number takes the general path (it has no lease), the rest the
+    # single-number one.
+    queue.put([store.issue("int", 1)[0] for _ in range(5)])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

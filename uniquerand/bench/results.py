@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from uniquerand.bench.load import LoadResult, numbers_in, recorded_responses
-from uniquerand.bench.targets import Target
+from uniquerand.bench.targets import HEALTHZ, Target
 
 
 class Ledger:
@@ -145,15 +145,20 @@ def with_baseline_around(row: Row, before: float, after: float) -> Row:
 
 def median_rows(rows: list[Row]) -> list[Row]:
     """Per row of the plan (prefill level and label, in the order first measured), the round whose ratio is the
-    median of its rounds (the lower middle one for an even number), with `ratio_range` set when there are
-    several. A single round is its own median."""
+    median of its rounds (the lower middle one for an even number; for /healthz, of its rates), with
+    `ratio_range` set when there are several and `duplicates` counted over every round, so that the table
+    never hides one. A single round is its own median."""
     groups: dict[tuple[int | None, str], list[Row]] = {}
     for row in rows:
         groups.setdefault((row.prefill, row.label), []).append(row)
     medians = []
     for rounds in groups.values():
-        ranked = sorted(rounds, key=lambda row: row.ratio_to_healthz or 0.0)
-        ratios = [row.ratio_to_healthz for row in ranked if row.ratio_to_healthz is not None]
-        span = [ratios[0], ratios[-1]] if len(ratios) > 1 else None
-        medians.append(replace(ranked[(len(ranked) - 1) // 2], ratio_range=span))
+        if rounds[0].stage == HEALTHZ:  # its own baseline, ratio 1 in every round: ranked by its rate
+            ranked, span = sorted(rounds, key=lambda row: row.ok_per_s), None
+        else:
+            ranked = sorted(rounds, key=lambda row: row.ratio_to_healthz or 0.0)
+            ratios = [row.ratio_to_healthz for row in ranked if row.ratio_to_healthz is not None]
+            span = [ratios[0], ratios[-1]] if len(ratios) > 1 else None
+        duplicates = sum(row.duplicates for row in rounds)
+        medians.append(replace(ranked[(len(ranked) - 1) // 2], ratio_range=span, duplicates=duplicates))
     return medians

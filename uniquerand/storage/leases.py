@@ -58,8 +58,9 @@ class Leases:
         return ranges
 
     def take_one(self) -> int | None:
-        """The next counter, when serving it leaves nothing else to do: no lease to collect, no block to
-        finish, no prefetch to start. Otherwise None, with nothing taken: the caller goes through `take`."""
+        """The next counter, when serving it leaves nothing else to do: no lease in flight (done or not), no
+        block to finish, no prefetch to start. Otherwise None, with nothing taken: the caller goes through
+        `take`."""
         if self.prefetch is not None or not self.blocks:
             return None
         block = self.blocks[0]
