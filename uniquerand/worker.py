@@ -1,5 +1,5 @@
-"""The project's gunicorn worker class: gthread, accepting a new connection only while fewer of its new
-connections than its threads are in its threads.
+"""The project's gunicorn worker class: gthread, accepting new connections only while it serves fewer new
+connections than it has threads.
 
 gunicorn's gthread worker accepts every connection it can poll, and a keep-alive connection stays with the
 worker that accepted it for its whole life. Clients that connect together (a pool of keep-alive
@@ -17,8 +17,8 @@ class BalancedThreadWorker(ThreadWorker):
     """Accepts only while fewer of its new connections are in its threads than it has threads. A connection is
     new until its first request is answered, or gunicorn stops waiting for it (5 s; it then waits in the
     poller and counts again once it sends): it holds a thread while gunicorn waits and while the request
-    is served. So a worker that just took its share of a burst of connections
-    leaves the rest in the listen queue for the other workers. Requests of kept-alive connections do not
+    is served. So a worker that just took its share of a burst of connections leaves the rest in the
+    listen queue for the other workers. Requests of kept-alive connections do not
     count: under a steady load every thread serves them, and counting them would leave a new connection
     in the queue until a thread happens to be free when the worker looks (up to 1.6 s here)."""
 

@@ -160,6 +160,7 @@ def _run_level(
             prefix = f"[{where} {number}/{len(targets)}] {target.label}"
             if target.stage == HEALTHZ:
                 row = run(target, None)
+                healthz_ok = row.ok_per_s
             else:
                 row = run(target, healthz_ok)
                 if options.baseline == "each":
@@ -169,8 +170,6 @@ def _run_level(
             if row.idle_wait_s is None:
                 warnings.append(f"{prefix}: the server was still busy after {options.idle_timeout:.0f}s")
                 say(f"{prefix}: server still busy after {options.idle_timeout:.0f}s; measured anyway", fg="yellow")
-            if target.stage == HEALTHZ:
-                healthz_ok = row.ok_per_s
             say(_progress_line(prefix, row), fg="red" if row.duplicates else None)
             rows.append(replace(row, round=round_number))
         return rows
