@@ -3,11 +3,15 @@
 import os
 
 bind = os.environ.get("UNIQUERAND_BIND", "127.0.0.1:8000")
-# Threads serve while a request waits on a store's lock or fsync; processes use both cores. gunicorn's
-# gthread worker, taking new connections only while a thread is left for them, so that connections
-# arriving together spread over the workers (see uniquerand/worker.py).
-worker_class = "uniquerand.worker.BalancedThreadWorker"
+# gevent: each request is a greenlet, so a worker serves on while requests wait for a store's lock or
+# fsync, and handing a request to a store's writer and back costs a greenlet switch, not a thread switch.
+# The stores run every wait that blocks in the kernel (flock, fsync, SQLite's busy handler) on a real
+# thread (uniquerand/storage/native.py). `-k uniquerand.worker.BalancedThreadWorker` is the thread worker
+# this project used before (see README, Configuration).
+worker_class = os.environ.get("UNIQUERAND_WORKER_CLASS", "gevent")
+worker_connections = 1000
 workers = int(os.environ.get("UNIQUERAND_WORKERS", "4"))
+# The thread worker's threads per worker (gevent's worker ignores it).
 threads = int(os.environ.get("UNIQUERAND_THREADS", "4"))
 keepalive = 5
 # Off on purpose: every worker opens its own SQLite connections, locks and thread pools after the

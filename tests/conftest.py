@@ -71,4 +71,4 @@ def make_server(instance_path):
 
     yield start
     for server in servers:
-        server.stop()
+        server.stop(graceful=False)

@@ -140,11 +140,13 @@ class GunicornServer:
         while any(_alive(pid) for pid in pids[1:]) and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = True) -> None:
+        """SIGTERM (graceful: workers finish their requests and run their exit hooks), or SIGQUIT (gunicorn's quick
+        shutdown: a gevent worker's graceful stop waits out its 1 s loop, which adds up over a test suite)."""
         if self.process is None or self.process.poll() is not None:
             return
         workers = self.worker_pids()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM if graceful else signal.SIGQUIT)
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:

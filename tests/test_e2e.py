@@ -35,9 +35,11 @@ def stored_codes(instance_path, stage: str, kind: str) -> set[int]:
     return v3_codes(instance_path / stage / "numbers.db", kind)
 
 
+@pytest.mark.parametrize("worker_class", ["gevent", "uniquerand.worker.BalancedThreadWorker"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_concurrent_clients_over_every_worker_never_share_a_number(make_server, stage):
-    server = make_server(env=SMALL_SPACE, workers=3, threads=4)
+def test_concurrent_clients_over_every_worker_never_share_a_number(make_server, stage, worker_class):
+    # Both worker classes: gevent's (the default) and the project's thread worker.
+    server = make_server(env={**SMALL_SPACE, "UNIQUERAND_WORKER_CLASS": worker_class}, workers=3, threads=4)
     paths = [f"/{stage}/random" if index % 3 else f"/{stage}/random?type=float" for index in range(900)]
     results = hammer(server.port, paths, concurrency=16)
     assert Counter(status for status, _ in results) == {200: 900}, [body for status, body in results if status != 200]

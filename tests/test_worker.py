@@ -1,5 +1,6 @@
-"""The project's gunicorn worker (uniquerand/worker.py): it accepts a connection only while fewer of its new
-connections (first request not answered yet) than its threads are in its threads.
+"""The project's thread worker (uniquerand/worker.py, the alternative to the default gevent worker): it
+accepts a connection only while fewer of its new connections (first request not answered yet) than its
+threads are in its threads.
 
 A connection that sends nothing holds a thread while gunicorn waits for its request (up to 5 s), which
 makes "every thread of a worker is busy" a state a test can set up and hold.
@@ -65,9 +66,9 @@ def polls_listener(pid: int, port: int) -> bool:
 
 
 def start_ready(make_server, **options):
-    """A server whose every worker is booted and accepting: a worker still loading the app would leave the
-    connections of these tests to the others."""
-    server = make_server(**options)
+    """A server of this worker class whose every worker is booted and accepting: a worker still loading the
+    app would leave the connections of these tests to the others."""
+    server = make_server(env={"UNIQUERAND_WORKER_CLASS": "uniquerand.worker.BalancedThreadWorker"}, **options)
     assert wait_for(lambda: all(polls_listener(pid, server.port) for pid in server.worker_pids()), timeout=30)
     return server
 

@@ -58,6 +58,8 @@ def _csv(kind: type):
 @click.option("--url", help="Measure a server already running on 127.0.0.1/localhost instead of starting one.")
 @click.option("--workers", type=click.IntRange(1), help="gunicorn workers (default: gunicorn.conf.py).")
 @click.option("--threads", type=click.IntRange(1), help="Threads per worker (default: gunicorn.conf.py).")
+@click.option("--worker-class", help="gunicorn worker class, e.g. uniquerand.worker.BalancedThreadWorker "
+              "(default: gunicorn.conf.py).")  # fmt: skip
 @click.option("--prefill", "prefills", default="0", callback=_csv(int), help="Numbers already issued, e.g. 0,10000.")
 @click.option("--stages", callback=_csv(str), help="Stages to measure, e.g. v1,v3 (default: all the index lists).")
 @click.option("--types", "kinds", default="int,float", callback=_csv(str), help="Number types: int,float.")
@@ -90,7 +92,8 @@ def bench_command(**params) -> None:
     if any(level < 0 for level in params["prefills"]):
         raise click.BadParameter("must be 0 or more", param_hint="--prefill")
     options = BenchOptions(
-        url=params["url"], workers=params["workers"], threads=params["threads"], prefills=params["prefills"] or (0,),
+        url=params["url"], workers=params["workers"], threads=params["threads"],
+        worker_class=params["worker_class"], prefills=params["prefills"] or (0,),
         stages=params["stages"], kinds=params["kinds"], count=params["count"], concurrency=params["concurrency"],
         duration=params["duration"], warmup=params["warmup"], baseline=params["baseline"], repeat=params["repeat"],
         client=params["client"],

@@ -1,4 +1,5 @@
-"""The project's gunicorn worker class: gthread, accepting new connections only while it serves fewer new
+"""The project's thread worker class (`-k uniquerand.worker.BalancedThreadWorker`; gevent's is the default, see
+gunicorn.conf.py): gthread, accepting new connections only while it serves fewer new
 connections than it has threads.
 
 gunicorn's gthread worker accepts every connection it can poll, and a keep-alive connection stays with the

@@ -31,6 +31,7 @@ class BenchOptions:
     url: str | None = None
     workers: int | None = None
     threads: int | None = None
+    worker_class: str | None = None
     prefills: tuple[int, ...] = (0,)
     stages: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ("int", "float")
@@ -132,7 +133,9 @@ def _run_level(
             if level:
                 say(f"prefilling a fresh instance folder to {level:,} numbers per stage and type")
                 prefill_instance(instance, level, list(options.stages), list(options.kinds), say)
-            server = GunicornServer(instance, options.workers, options.threads, workdir / "gunicorn.log")
+            server = GunicornServer(
+                instance, options.workers, options.threads, workdir / "gunicorn.log", options.worker_class
+            )
             say(f"starting gunicorn on 127.0.0.1:{server.port}")
             server.start()
         servers.append({"prefill": level, **server.description})

@@ -88,12 +88,20 @@ class GunicornServer(Server):
     Stopped by PID: SIGTERM to the master, then SIGKILL to it and every worker it had if they outlive the wait.
     """
 
-    def __init__(self, instance_path: Path, workers: int | None, threads: int | None, log_path: Path) -> None:
+    def __init__(
+        self,
+        instance_path: Path,
+        workers: int | None,
+        threads: int | None,
+        log_path: Path,
+        worker_class: str | None = None,
+    ) -> None:
         self.instance_path = instance_path
         self.log_path = log_path
         defaults = gunicorn_defaults()
         self.workers = workers or int(defaults["workers"])
         self.threads = threads or int(defaults["threads"])
+        self.worker_class = worker_class or str(defaults["worker_class"])
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self._known_workers: set[int] = set()
@@ -102,12 +110,13 @@ class GunicornServer(Server):
             "url": f"http://127.0.0.1:{self.port}",
             "workers": self.workers,
             "threads": self.threads,
-            "worker_class": defaults["worker_class"],
+            "worker_class": self.worker_class,
         }
 
     def start(self, timeout: float = 60.0) -> None:
         command = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}",
-                   "--workers", str(self.workers), "--threads", str(self.threads), "--no-control-socket"]  # fmt: skip
+                   "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", self.worker_class,
+                   "--no-control-socket"]  # fmt: skip
         env = {**os.environ, "UNIQUERAND_INSTANCE_PATH": str(self.instance_path)}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

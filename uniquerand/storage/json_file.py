@@ -22,6 +22,7 @@ from typing import Any
 import filelock
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.storage import native
 from uniquerand.storage.base import (
     PerProcess,
     StoreBusyError,
@@ -85,7 +86,8 @@ class JsonFileStore:
             if not request.done:
                 with state.queue_lock:
                     batch, state.queue = [queued for queued in state.queue if not queued.abandoned], []
-                self._serve(state.file_lock, batch)
+                # The file lock's wait, the parse and the fsync: off gevent's loop (see `native`).
+                native.run(self._serve, state.file_lock, batch)
         finally:
             state.thread_lock.release()
         if request.error is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from uniquerand.logs import event
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.permutation import FeistelPermutation
+from uniquerand.storage import native
 from uniquerand.storage.base import (
     InsufficientRemainingError,
     SpaceExhaustedError,
@@ -226,13 +227,8 @@ class LeasedCounterStore:
         """Leases at least `need` and at most `want` counters in one durable statement; None if fewer than
         `need` are left."""
         with self._database(process) as connection:
-            rows = connection.execute(LEASE, {"need": need, "want": want, **self._counters.space_of(kind)}).fetchall()
-            if not rows:
-                # Raises if the counter was leased in another space; takes back an unused one; then once more.
-                self._counters.check_spaces(connection)
-                rows = connection.execute(
-                    LEASE, {"need": need, "want": want, **self._counters.space_of(kind)}
-                ).fetchall()
+            # A durable write, which may wait for another process's: off gevent's loop.
+            rows = native.run(self._lease_rows, connection, kind, need, want)
             if not rows:
                 return None
             start, stop = rows[0]
@@ -243,6 +239,14 @@ class LeasedCounterStore:
                 atexit.register(self._close_leases, process)
                 process.exit_hook = True
             return Block(start, stop)
+
+    def _lease_rows(self, connection: sqlite3.Connection, kind: NumberKind, need: int, want: int) -> list[tuple]:
+        rows = connection.execute(LEASE, {"need": need, "want": want, **self._counters.space_of(kind)}).fetchall()
+        if not rows:
+            # Raises if the counter was leased in another space; takes back an unused one; then once more.
+            self._counters.check_spaces(connection)
+            rows = connection.execute(LEASE, {"need": need, "want": want, **self._counters.space_of(kind)}).fetchall()
+        return rows
 
     def _close_leases(self, process: _ProcessState) -> None:
         """At a clean exit, records how much of this process's leases went unserved (the known gaps)."""

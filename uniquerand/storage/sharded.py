@@ -3,7 +3,9 @@ refilled in the background from a ledger database of every number ever put into 
 
 Concurrency: a claim is one `UPDATE ... RETURNING` statement, atomic across every process by SQLite's write
 lock; the claims of a process that arrive together share one transaction and one fsync (group commit, see
-`group_commit`), and writers of every process take turns on a blocking flock of the shard. A refill reserves
+`group_commit`), and writers of every process take turns on a blocking flock of the shard. Single numbers,
+the typical request, are grouped per kind: each group goes to a shard drawn at random, so each request is
+still served by a random shard, with the commits of one writer instead of two. A refill reserves
 numbers in the ledger first (INSERT OR IGNORE under BEGIN IMMEDIATE: only new rows count) and only then adds
 them to its shard (a job of the shard's writer, like a claim), so no number is ever in two shards; a per-shard
 flock lets one process at a time refill.
@@ -22,11 +24,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from uniquerand.logs import event
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.storage import native
 from uniquerand.storage.base import (
     InsufficientRemainingError,
     ShardsEmptyError,
@@ -35,7 +39,7 @@ from uniquerand.storage.base import (
     StoreCorruptError,
     StoreUnavailableError,
 )
-from uniquerand.storage.group_commit import GroupCommitter
+from uniquerand.storage.group_commit import Database, GroupCommitter
 from uniquerand.storage.shard_files import (
     ShardFiles,
     count_available,
@@ -60,13 +64,18 @@ CLAIM = (
 )
 
 
+def claim_rows(connection: sqlite3.Connection, count: int) -> list[tuple[int, int, int]]:
+    # fetchall(): an unfinished RETURNING statement would keep the write lock held.
+    return connection.execute(CLAIM, (count,)).fetchall()
+
+
 @dataclass
 class _ProcessState:
     """What must never cross a fork: connections, locks, the refill pool and its bookkeeping."""
 
     pid: int = field(default_factory=os.getpid)
     guard: threading.Lock = field(default_factory=threading.Lock)
-    writers: dict[str, GroupCommitter] = field(default_factory=dict)
+    writers: dict[str, GroupCommitter] = field(default_factory=dict)  # by shard, or by kind (any of its shards)
     local: threading.local = field(default_factory=threading.local)
     executor: ThreadPoolExecutor | None = None
     refills: dict[str, Future] = field(default_factory=dict)
@@ -116,10 +125,17 @@ class ShardedSqliteStore:
         if kind in state.exhausted:
             self._raise_exhausted(count, 0)
         names = shard_names(kind)
+        claimed: list[tuple[str, int, int]] = []
+        if count == 1:
+            # The typical request: grouped with the others of its kind, in a shard drawn for the group.
+            name, rows = self._writer(kind).submit_placed(partial(claim_rows, count=1), writes_once=True)
+            claimed = [(name, row_id, code) for row_id, code in self._check_level(name, 1, rows)]
+            if claimed:
+                return [(code, name) for name, _, code in claimed]
+            names = [other for other in names if other != name]
         # Spreads the load, nothing more: the numbers are the pools' CSPRNG draws, whichever shard serves them.
         # (`secrets.randbelow` read the OS twice per request on average for two shards.)
         start = random.randrange(len(names))
-        claimed: list[tuple[str, int, int]] = []
         for name in names[start:] + names[:start]:
             claimed += [(name, row_id, code) for row_id, code in self._claim_from(name, count - len(claimed))]
             if len(claimed) == count:
@@ -131,8 +147,11 @@ class ShardedSqliteStore:
     def _claim_from(self, name: str, count: int) -> list[tuple[int, int]]:
         """Up to `count` (id, code) rows of shard `name`, durably marked used. Claims of this process's threads
         that arrive together are group-committed: one transaction and one fsync for all of them."""
-        # fetchall(): an unfinished RETURNING statement would keep the write lock held.
-        rows = sorted(self._write(name, lambda connection: connection.execute(CLAIM, (count,)).fetchall()))
+        return self._check_level(name, count, self._write(name, lambda connection: claim_rows(connection, count)))
+
+    def _check_level(self, name: str, count: int, rows: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+        """The (id, code) of claimed `rows`; schedules a refill of shard `name` if they leave it low."""
+        rows = sorted(rows)
         if len(rows) < count or rows[0][2] - rows[-1][0] < self.refill_at:
             # Unused rows all lie above the claimed ids, so max(id) - last claimed id counts what is left.
             self._schedule_refill(name)
@@ -150,20 +169,24 @@ class ShardedSqliteStore:
         return self._writer(name).submit(job, timeout=max(60.0, self.lock_timeout))
 
     def _writer(self, name: str) -> GroupCommitter:
+        """The writer of shard `name`, or of kind `name` (its groups go to any shard of the kind)."""
         state = self._state()
-        writer = state.writers.get(name)  # set once per process and shard, under the guard
+        writer = state.writers.get(name)  # set once per process and name, under the guard
         if writer is not None:
             return writer
         with state.guard:
             if name not in state.writers:
+                shards = shard_names(name) if name in KINDS else [name]
                 state.writers[name] = GroupCommitter(
-                    lambda: self._files.open(name),
-                    self.folder / f"{name}.claim.lock",
+                    [Database(shard, self._opener(shard), self.folder / f"{shard}.claim.lock") for shard in shards],
                     lambda err: store_error(err, f"{self.label} {name}"),
                     wait_timeout=self.lock_timeout,
                     timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
                 )
             return state.writers[name]
+
+    def _opener(self, name: str) -> Callable[[], sqlite3.Connection]:
+        return lambda: self._files.open(name)
 
     def _release(self, claimed: list[tuple[str, int, int]]) -> None:
         """Puts back rows claimed for a batch that could not be completed; they were never answered."""
@@ -310,7 +333,9 @@ class ShardedSqliteStore:
             self.refill(name, self.shard_size, wait=max(60.0, self.lock_timeout))
 
     def _reserve(self, kind: NumberKind, wanted: int) -> list[int]:
-        return reserve(self._connection(ledger_name(kind)), self.spaces[kind], wanted, self.max_attempts)
+        # A transaction of many draws, which may wait for another process's refill: off gevent's loop.
+        connection = self._connection(ledger_name(kind))
+        return native.run(reserve, connection, self.spaces[kind], wanted, self.max_attempts)
 
     # -- stats ----------------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from uniquerand.storage.base import (
     StoreCorruptError,
 )
 from uniquerand.storage.durable import fsync_path
-from uniquerand.storage.group_commit import GroupCommitter
+from uniquerand.storage.group_commit import Database, GroupCommitter
 from uniquerand.storage.picking import pick_unused
 from uniquerand.storage.settling import SLICES, TRIGGERS, Settler
 from uniquerand.storage.sqlite_common import connect, insert_new_codes, store_error
@@ -154,8 +154,7 @@ class SqliteStore:
 
     def _new_committer(self) -> GroupCommitter:
         return GroupCommitter(
-            self._open,
-            self.path.with_name(FILE_NAME + ".lock"),
+            [Database(FILE_NAME, self._open, self.path.with_name(FILE_NAME + ".lock"))],
             lambda err: store_error(err, self.label),
             wait_timeout=self.lock_timeout,
             timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
