@@ -55,7 +55,7 @@ def servers():
             for pid in [server.process.pid, *server.worker_pids()]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
-        server.stop()
+        server.stop(graceful=False)  # the test is over: nothing to wait for
 
 
 def start(servers: list, instance: Path, settings: dict = SETTINGS, **options) -> GunicornServer:

@@ -115,6 +115,19 @@ def test_v4_small_space_is_served_to_its_last_number_then_exhausted(make_app, in
     assert_files_consistent(instance_path / "v4", "int")
 
 
+def test_v4_single_numbers_fall_back_to_the_other_shard_when_the_drawn_one_is_empty(make_app):
+    # Single claims are grouped per type, each group in a shard drawn at random: about half of them draw
+    # int_shard_0, which never gets a number here (the ledger is full), and must be served by int_shard_1.
+    app = make_app(INT_MIN=1, INT_MAX=60, V4_SHARD_SIZE=60, MAX_COUNT=10)
+    app.extensions["uniquerand"]["stores"]["v4"].refill("int_shard_1.db", 60)
+    client = app.test_client()
+    responses = [client.get("/v4/random") for _ in range(60)]
+    assert [response.status_code for response in responses] == [200] * 60
+    assert {response.json["shard"] for response in responses} == {"int_shard_1.db"}
+    assert sorted(response.json["number"] for response in responses) == list(range(1, 61))
+    assert get_retrying(client, "/v4/random").json["code"] == "space_exhausted"  # once shard 0's refill gave up
+
+
 def test_v4_low_shards_are_refilled_in_the_background_before_they_run_dry(make_app):
     app = make_app(V4_SHARD_SIZE=100, V4_REFILL_AT=100, MAX_COUNT=10)
     assert app.test_cli_runner().invoke(args=["init-shards"]).exit_code == 0

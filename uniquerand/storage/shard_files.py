@@ -56,8 +56,10 @@ def flock_by(descriptor: int, deadline: float, longest_pause: float) -> bool:
     """Takes an exclusive flock on `descriptor` before `deadline` (monotonic); False if it could not.
 
     Polls with a growing pause, for the caller that must give up in time if the holder were stopped (refill
-    and open locks). The shard writers block in flock instead: they run on their own thread, and the
-    requests waiting for them give up after LOCK_TIMEOUT (see `group_commit`).
+    and open locks). The shard writers block in flock instead: they wait on their own thread (a real one
+    under gevent, see `native`), and the requests waiting for them give up after LOCK_TIMEOUT (see
+    `group_commit`). Under gevent, `time.sleep` here is gevent's: cooperative on the event loop's thread, and
+    on one of `native`'s threads it runs a small event loop of that thread's own.
     """
     pause = min(0.0001, longest_pause)
     while True:

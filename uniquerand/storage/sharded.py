@@ -76,6 +76,7 @@ class _ProcessState:
     pid: int = field(default_factory=os.getpid)
     guard: threading.Lock = field(default_factory=threading.Lock)
     writers: dict[str, GroupCommitter] = field(default_factory=dict)  # by shard, or by kind (any of its shards)
+    # Per thread, and under gevent per greenlet: each refill keeps its own connections for its transactions.
     local: threading.local = field(default_factory=threading.local)
     executor: ThreadPoolExecutor | None = None
     refills: dict[str, Future] = field(default_factory=dict)
@@ -159,11 +160,11 @@ class ShardedSqliteStore:
 
     def _write(self, name: str, job: Callable[[sqlite3.Connection], T], statement: bool = True) -> T:
         """Runs `job` in the next transaction of shard `name`'s writer and returns its result once committed.
-        Every write to a shard goes through it (claims, refills, put-backs): the writers of all processes take
-        turns on a blocking flock of `<shard>.claim.lock`, which hands the shard over the moment it is free,
-        so a refill never meets a claim in SQLite's sleeping busy handler. A request waits LOCK_TIMEOUT at
-        most; a job of several statements (`statement=False`: a refill's) gets a savepoint, and waits longer,
-        since numbers it was given up on would be lost."""
+        Batch claims, refills and put-backs go through it, single claims through the writer of their kind (see
+        `claim`): every writer of every process takes its turn on a blocking flock of `<shard>.claim.lock`,
+        which hands the shard over the moment it is free, so a refill never meets a claim in SQLite's sleeping
+        busy handler. A request waits LOCK_TIMEOUT at most; a job of several statements (`statement=False`: a
+        refill's) gets a savepoint, and waits longer, since numbers it was given up on would be lost."""
         if statement:
             return self._writer(name).submit(job, writes_once=True)
         return self._writer(name).submit(job, timeout=max(60.0, self.lock_timeout))
@@ -392,7 +393,7 @@ class ShardedSqliteStore:
         return process
 
     def _connection(self, name: str) -> sqlite3.Connection:
-        """This thread's connection to file `name` of the stage's folder (refills, stats, releases)."""
+        """This thread's (under gevent: greenlet's) connection to file `name` of the stage's folder (refills, stats)."""
         local = self._state().local
         connections = local.__dict__.setdefault("connections", {})
         if name not in connections:

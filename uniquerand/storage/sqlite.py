@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.storage import native
 from uniquerand.storage.base import (
     PerProcess,
     StoreBusyError,
@@ -71,7 +72,7 @@ class SqliteStore:
         self.max_attempts = max_attempts
         self.lock_timeout = lock_timeout
         self.settle_at = settle_at
-        self._readers = PerProcess(threading.local)
+        self._readers = PerProcess(native.thread_local)  # stats' connections, one per OS thread
         self._committer = PerProcess(self._new_committer)
         self._settler = PerProcess(lambda: Settler(spaces, self.settle_at, self._committer.get()))
 
