@@ -12,6 +12,7 @@ import pytest
 from tests.support import hammer, v3_codes
 
 STAGES = ["v1", "v2", "v3"]
+WORKER_CLASSES = ["uniquerand.worker.FairGeventWorker", "uniquerand.worker.BalancedThreadWorker"]
 # Small spaces, so that a store that loses an update draws the same number twice almost at once.
 SMALL_SPACE = {
     "UNIQUERAND_INT_MIN": "1",
@@ -35,10 +36,12 @@ def stored_codes(instance_path, stage: str, kind: str) -> set[int]:
     return v3_codes(instance_path / stage / "numbers.db", kind)
 
 
-@pytest.mark.parametrize("worker_class", ["gevent", "uniquerand.worker.BalancedThreadWorker"])
+@pytest.mark.parametrize(
+    "worker_class", ["uniquerand.worker.FairGeventWorker", "uniquerand.worker.BalancedThreadWorker"]
+)
 @pytest.mark.parametrize("stage", STAGES)
 def test_concurrent_clients_over_every_worker_never_share_a_number(make_server, stage, worker_class):
-    # Both worker classes: gevent's (the default) and the project's thread worker.
+    # Both worker classes: the gevent worker (the default) and the thread worker.
     server = make_server(env={**SMALL_SPACE, "UNIQUERAND_WORKER_CLASS": worker_class}, workers=3, threads=4)
     paths = [f"/{stage}/random" if index % 3 else f"/{stage}/random?type=float" for index in range(900)]
     results = hammer(server.port, paths, concurrency=16)
