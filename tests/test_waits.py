@@ -5,9 +5,8 @@ that blocks in the kernel there (a flock, SQLite's busy handler) would stop ever
 worker until it ended. The stores run those waits on real threads (uniquerand/storage/native.py). Here
 another process holds the lock a stage's writer takes, on a server of one worker: the stage answers 503
 `store_busy` after LOCK_TIMEOUT, and meanwhile the same worker answers /healthz and the other stages at once.
-The /v3, /v4 and /v5 cases fail with those waits on the event loop's thread (checked). /v1's case holds
-either way: filelock polls with `time.sleep`, which gevent makes cooperative; it is here for the
-read-parse-write /v1 runs on a real thread, which this test does not time.
+The /v3, /v4 and /v5 cases fail with those waits on the event loop's thread (checked). /v1 runs on the
+event loop: its case passes because filelock polls with `time.sleep`, which gevent makes cooperative.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from typing import Any
 import filelock
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
-from uniquerand.storage import native
 from uniquerand.storage.base import (
     PerProcess,
     StoreBusyError,
@@ -86,8 +85,9 @@ class JsonFileStore:
             if not request.done:
                 with state.queue_lock:
                     batch, state.queue = [queued for queued in state.queue if not queued.abandoned], []
-                # The file lock's wait, the parse and the fsync: off gevent's loop (see `native`).
-                native.run(self._serve, state.file_lock, batch)
+                # On gevent's event loop too: the file lock's wait polls with `time.sleep`, which gevent makes
+                # cooperative. (On a real thread, a first write once failed with an OSError without errno.)
+                self._serve(state.file_lock, batch)
         finally:
             state.thread_lock.release()
         if request.error is not None:
