@@ -65,7 +65,7 @@ class FairGeventWorker(GeventWorker):
     A keep-alive connection is served by one greenlet in a loop: answer, read the next request, answer. When
     the client's next request is already in the socket (a fast client, or pipelining), nothing in that loop
     waits, so the greenlet never yields and the worker's other connections wait until it does: with 32 wrk
-    connections, /healthz answered half its requests within 4.4 ms and one in ten after 40-110 ms. A short
+    connections, /healthz answered half its requests within 4.4 ms and one in ten after 31-58 ms. A short
     sleep after each request puts the greenlet behind the others that are ready: p90 9-10 ms, p99 14-15 ms,
     at the same rate (README, Configuration)."""
 
