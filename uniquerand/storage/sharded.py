@@ -179,15 +179,15 @@ class ShardedSqliteStore:
             if name not in state.writers:
                 shards = shard_names(name) if name in KINDS else [name]
                 state.writers[name] = GroupCommitter(
-                    [Database(shard, self._opener(shard), self.folder / f"{shard}.claim.lock") for shard in shards],
+                    [
+                        Database(shard, partial(self._files.open, shard), self.folder / f"{shard}.claim.lock")
+                        for shard in shards
+                    ],
                     lambda err: store_error(err, f"{self.label} {name}"),
                     wait_timeout=self.lock_timeout,
                     timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
                 )
             return state.writers[name]
-
-    def _opener(self, name: str) -> Callable[[], sqlite3.Connection]:
-        return lambda: self._files.open(name)
 
     def _release(self, claimed: list[tuple[str, int, int]]) -> None:
         """Puts back rows claimed for a batch that could not be completed; they were never answered."""
