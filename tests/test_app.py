@@ -21,6 +21,7 @@ def assert_json_error(response, status: int) -> dict:
 def test_random_int_by_default(client, stage):
     response = client.get(f"/{stage}/random")
     assert response.status_code == 200
+    assert response.mimetype == "application/json"
     assert response.headers["Cache-Control"] == "no-store"
     number = response.get_json()["number"]
     assert type(number) is int
@@ -73,6 +74,33 @@ def test_a_query_that_begins_like_a_single_number_is_read_whole(client, stage, k
 def test_a_bad_type_names_the_allowed_values(client, stage):
     body = assert_json_error(client.get(f"/{stage}/random?type=decimal"), 422)
     assert body["allowed"] == ["int", "float"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "extra"),
+    [
+        ("int", 0, {}),
+        ("int", 4294967295, {}),
+        ("int", 2**53 - 1, {"shard": "int_shard_3.db"}),
+        ("float", 0, {}),
+        ("float", 1, {}),  # 1e-06: the exponent form
+        ("float", 10**6, {}),  # 1.0
+        ("float", 123456789, {"shard": "float_shard_0.db"}),
+        ("float", 10**14 - 1, {}),  # 99999999.999999
+        ("float", 2**52 - 1, {}),
+    ],
+)
+def test_a_single_number_is_written_as_jsonify_writes_it(app, kind, code, extra):
+    """A single number's response is written by hand (it is the hot path): the same bytes and headers."""
+    from flask import jsonify
+
+    from uniquerand.blueprints.common import numbers_response, space
+
+    with app.test_request_context("/"):
+        written = numbers_response(kind, [code], **extra)
+        expected = jsonify({"number": space(kind).to_json_value(code), **extra})
+    assert written.get_data() == expected.get_data()
+    assert written.headers == expected.headers
 
 
 @pytest.mark.parametrize("stage", STRICT)

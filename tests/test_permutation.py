@@ -66,6 +66,12 @@ def test_radix_permutation_tables_and_hashes_compute_the_same_function(size):
     assert [with_tables(i) for i in sample] == [with_hashes(i) for i in sample]
 
 
+def test_tables_of_the_int_space_take_16_bit_words():
+    permutation = RadixFeistelPermutation(KEY, 2**32, b"int")
+
+    assert sum(len(table) * table.itemsize for table in permutation._tables) == 10 * 2**16 * 2
+
+
 # Served numbers are these values: a change re-issues numbers from every database that recorded the
 # permutation. The binary values are the ones the release before the radix network served.
 @pytest.mark.parametrize(

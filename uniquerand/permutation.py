@@ -134,7 +134,7 @@ class BinaryFeistelPermutation(FeistelPermutation):
     def _round_table(self, r: int) -> array:
         """F_r(x) for every x of the half width: the same words the hashing path reads."""
         mask = self._mask
-        return array("I", [word & mask for word in self._round_words(r, _WORD32, 1 << self.half_bits)])
+        return _table([word & mask for word in self._round_words(r, _WORD32, 1 << self.half_bits)], mask)
 
 
 class RadixFeistelPermutation(FeistelPermutation):
@@ -187,4 +187,10 @@ class RadixFeistelPermutation(FeistelPermutation):
     def _round_table(self, r: int) -> array:
         """F_r(x) mod m_r for every x of round r's input: the same values the hashing path adds."""
         modulus, inputs = (self.a, self.b) if r % 2 == 0 else (self.b, self.a)
-        return array("I", [word % modulus for word in self._round_words(r, _WORD64, inputs)])
+        return _table([word % modulus for word in self._round_words(r, _WORD64, inputs)], modulus - 1)
+
+
+def _table(values: list[int], largest: int) -> array:
+    """A round table in the narrowest array that holds `largest`: 16-bit words for the halves of 2**32 ints
+    (1.3 MB for the 10 rounds, not 2.6): lookups land in the CPU's caches more often."""
+    return array("H" if largest < 2**16 else "I", values)

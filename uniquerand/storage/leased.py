@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
@@ -94,8 +94,14 @@ class LeasedCounterStore:
         # A single number from the block being served: the typical request, without the housekeeping below.
         # (`permutation` is set once, under the lock, before any counter of this process is served.)
         if count == 1 and leases.permutation is not None:
-            with self._locked(process.lock):
+            # The lock by hand: `with self._locked(...)` costs a tenth of this path.
+            lock = process.lock
+            if not lock.acquire(timeout=self.lock_timeout):
+                raise self._busy()
+            try:
                 counter = leases.take_one()
+            finally:
+                lock.release()
             if counter is not None:
                 return [self.spaces[kind].low + leases.permutation(counter)]
         with self._locked(process.lock):
@@ -172,7 +178,7 @@ class LeasedCounterStore:
             try:
                 leases.prefetch.result(timeout=self.lock_timeout)
             except FutureTimeout:
-                raise StoreBusyError(f"The {self.label} store is busy; retry shortly.") from None
+                raise self._busy() from None
             except StoreError:
                 pass
             self._collect_prefetch(leases)
@@ -282,21 +288,23 @@ class LeasedCounterStore:
                 process.key, process.permutation_type = self._counters.load_key_and_permutation(connection)
 
     def _locked(self, lock: threading.Lock) -> _Locked:
-        return _Locked(lock, self.lock_timeout, self.label)
+        return _Locked(lock, self.lock_timeout, self._busy)
+
+    def _busy(self) -> StoreBusyError:
+        return StoreBusyError(f"The {self.label} store is busy; retry shortly.")
 
 
 class _Locked:
-    """`with` on a thread lock that gives up after `timeout` seconds with StoreBusyError. A class rather
-    than a @contextmanager generator: it runs on every request, and costs a third as much."""
+    """`with` on a thread lock that gives up after `timeout` seconds with the error `busy` makes."""
 
-    __slots__ = ("label", "lock", "timeout")
+    __slots__ = ("busy", "lock", "timeout")
 
-    def __init__(self, lock: threading.Lock, timeout: float, label: str) -> None:
-        self.lock, self.timeout, self.label = lock, timeout, label
+    def __init__(self, lock: threading.Lock, timeout: float, busy: Callable[[], StoreBusyError]) -> None:
+        self.lock, self.timeout, self.busy = lock, timeout, busy
 
     def __enter__(self) -> None:
         if not self.lock.acquire(timeout=self.timeout):
-            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
+            raise self.busy()
 
     def __exit__(self, *exc_info: object) -> None:
         self.lock.release()
