@@ -22,6 +22,7 @@ from uniquerand.storage.base import (
     StoreBusyError,
     StoreCorruptError,
     StoreUnavailableError,
+    os_failure,
 )
 from uniquerand.storage.json_file import JsonFileStore
 from uniquerand.storage.settling import SLICES
@@ -373,3 +374,19 @@ def wait_for_posted_settling(store: SqliteStore) -> None:
 
 def v3_codes_in(folder: Path, table: str) -> set[int]:
     return {code for (code,) in rows(folder / "numbers.db", f"SELECT code FROM {table}")}
+
+
+def test_an_os_error_is_told_by_its_reason_and_logged_whole():
+    err = PermissionError(13, "Permission denied", "/x")
+    error = os_failure(StoreUnavailableError, "Cannot write the v1 store", err)
+
+    assert str(error) == "Cannot write the v1 store: Permission denied."
+    assert error.detail == "PermissionError: [Errno 13] Permission denied: '/x'"
+
+
+def test_an_os_error_without_an_errno_still_gets_a_reason():
+    # Seen once: "Cannot write the v1 store: None."
+    error = os_failure(StoreUnavailableError, "Cannot write the v1 store", OSError("raw write() returned 5"))
+
+    assert str(error) == "Cannot write the v1 store: an unexpected I/O error."
+    assert error.detail == "OSError: raw write() returned 5"

@@ -23,6 +23,17 @@ class StoreError(Exception):
     detail: str | None = None
 
 
+E = TypeVar("E", bound=StoreError)
+
+
+def os_failure(error_class: type[E], message: str, err: OSError) -> E:
+    """`error_class` saying `message` and the system's reason, or a generic one for an OSError without an
+    errno (its text may name paths, so it goes to the log only, in `detail`, as every OSError's does)."""
+    error = error_class(f"{message}: {err.strerror or 'an unexpected I/O error'}.")
+    error.detail = f"{type(err).__name__}: {err}"
+    return error
+
+
 class StoreBusyError(StoreError):
     """The store's lock was held past the timeout; retrying later may succeed."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.permutation import BinaryFeistelPermutation, FeistelPermutation, RadixFeistelPermutation
-from uniquerand.storage.base import StoreCorruptError, StoreKeyError, StoreUnavailableError
+from uniquerand.storage.base import StoreCorruptError, StoreKeyError, StoreUnavailableError, os_failure
 from uniquerand.storage.keyfile import create_key, fingerprint, read_key
 from uniquerand.storage.sqlite_common import connect, store_error
 
@@ -183,4 +183,4 @@ class CounterDatabase:
         except sqlite3.Error as err:
             raise store_error(err, self.label) from err
         except OSError as err:
-            raise StoreUnavailableError(f"The {self.label} store cannot be used: {err.strerror}.") from err
+            raise os_failure(StoreUnavailableError, f"The {self.label} store cannot be used", err) from err

@@ -28,6 +28,7 @@ from uniquerand.storage.base import (
     StoreCorruptError,
     StoreError,
     StoreUnavailableError,
+    os_failure,
 )
 from uniquerand.storage.durable import fsync_path
 from uniquerand.storage.picking import pick_unused
@@ -180,7 +181,7 @@ class JsonFileStore:
         except filelock.Timeout:
             raise StoreBusyError(f"The {self.label} store is locked by another process; retry shortly.") from None
         except OSError as err:
-            raise StoreUnavailableError(f"Cannot lock the {self.label} store: {err.strerror}.") from err
+            raise os_failure(StoreUnavailableError, f"Cannot lock the {self.label} store", err) from err
         try:
             yield
         finally:
@@ -190,7 +191,7 @@ class JsonFileStore:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise StoreUnavailableError(f"Cannot create the {self.label} folder: {err.strerror}.") from err
+            raise os_failure(StoreUnavailableError, f"Cannot create the {self.label} folder", err) from err
         # Not thread-local: threads take turns through the thread lock; the file lock is held per process.
         # A short poll keeps a waiting process from starving while another serves back-to-back batches.
         file_lock = filelock.FileLock(str(self.path) + ".lock", thread_local=False, poll_interval=0.002)
@@ -202,7 +203,7 @@ class JsonFileStore:
         except FileNotFoundError:
             return {"format": FORMAT, "float_decimals": self.spaces["float"].decimals, "int": [], "float": []}
         except OSError as err:
-            raise StoreUnavailableError(f"Cannot read the {self.label} store: {err.strerror}.") from err
+            raise os_failure(StoreUnavailableError, f"Cannot read the {self.label} store", err) from err
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -241,4 +242,4 @@ class JsonFileStore:
             os.replace(temp, self.path)
             fsync_path(self.folder)
         except OSError as err:
-            raise StoreUnavailableError(f"Cannot write the {self.label} store: {err.strerror}.") from err
+            raise os_failure(StoreUnavailableError, f"Cannot write the {self.label} store", err) from err

@@ -14,7 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from uniquerand.permutation import KEY_BYTES
-from uniquerand.storage.base import StoreKeyError
+from uniquerand.storage.base import StoreKeyError, os_failure
 from uniquerand.storage.durable import fsync_path
 
 
@@ -25,7 +25,7 @@ def read_key(path: Path, label: str) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise StoreKeyError(f"The {label} store's key cannot be read: {err.strerror}.") from err
+        raise os_failure(StoreKeyError, f"The {label} store's key cannot be read", err) from err
     if len(key) != KEY_BYTES:
         raise StoreKeyError(f"The {label} store's key file does not hold {KEY_BYTES} bytes; it was left as is.")
     return key

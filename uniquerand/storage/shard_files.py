@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from uniquerand.numbers import NumberKind, NumberSpace
-from uniquerand.storage.base import StoreBusyError, StoreCorruptError, StoreUnavailableError
+from uniquerand.storage.base import StoreBusyError, StoreCorruptError, StoreUnavailableError, os_failure
 from uniquerand.storage.sqlite_common import connect, store_error
 
 SHARDS_PER_KIND = 2
@@ -201,7 +201,7 @@ class ShardFiles:
         except sqlite3.Error as err:
             raise store_error(err, f"{self.label} {name}") from err
         except OSError as err:
-            raise StoreUnavailableError(f"The {self.label} store cannot be used: {err.strerror}.") from err
+            raise os_failure(StoreUnavailableError, f"The {self.label} store cannot be used", err) from err
 
     def refill_locks(self, names: list[str], wait: float):
         """flock on `<shard>.refill.lock` for every name (True) or none of them (False) within `wait`.

@@ -7,7 +7,13 @@ import json
 import sqlite3
 from pathlib import Path
 
-from uniquerand.storage.base import StoreBusyError, StoreCorruptError, StoreError, StoreUnavailableError
+from uniquerand.storage.base import (
+    StoreBusyError,
+    StoreCorruptError,
+    StoreError,
+    StoreUnavailableError,
+    os_failure,
+)
 
 # What a client is told for SQLite's error classes; the error itself goes to the log only.
 UNAVAILABLE_REASONS = {
@@ -27,7 +33,7 @@ def store_error(err: BaseException, label: str) -> StoreError:
         return err
     name = getattr(err, "sqlite_errorname", "") or ""
     if isinstance(err, OSError):
-        error: StoreError = StoreUnavailableError(f"The {label} store cannot be used: {err.strerror}.")
+        error: StoreError = os_failure(StoreUnavailableError, f"The {label} store cannot be used", err)
     elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         error = StoreBusyError(f"The {label} store is busy; retry shortly.")
     elif name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
