@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from flask import jsonify
+
+from uniquerand.blueprints.common import numbers_response, space
 
 STAGES = ["v1", "v2", "v3"]
 STRICT = ["v2", "v3"]
@@ -76,31 +79,47 @@ def test_a_bad_type_names_the_allowed_values(client, stage):
     assert body["allowed"] == ["int", "float"]
 
 
+WIDEST = {"INT_MIN": -(2**53 - 1), "INT_MAX": 2**53 - 1}
+FINE = {"FLOAT_DECIMALS": 15, "FLOAT_MIN": -1, "FLOAT_MAX": 1}
+WHOLE = {"FLOAT_DECIMALS": 0, "FLOAT_MIN": -(2**52), "FLOAT_MAX": 2**52}
+
+
 @pytest.mark.parametrize(
-    ("kind", "code", "extra"),
+    ("settings", "kind", "code"),
     [
-        ("int", 0, {}),
-        ("int", 4294967295, {}),
-        ("int", 2**53 - 1, {"shard": "int_shard_3.db"}),
-        ("float", 0, {}),
-        ("float", 1, {}),  # 1e-06: the exponent form
-        ("float", 10**6, {}),  # 1.0
-        ("float", 123456789, {"shard": "float_shard_0.db"}),
-        ("float", 10**14 - 1, {}),  # 99999999.999999
-        ("float", 2**52 - 1, {}),
+        ({}, "int", 0),
+        ({}, "int", 4294967295),
+        (WIDEST, "int", 2**53 - 1),
+        (WIDEST, "int", -(2**53 - 1)),
+        ({}, "float", 0),
+        ({}, "float", 1),  # 1e-06: the exponent form
+        ({}, "float", 10**6),  # 1.0
+        ({}, "float", 10**14 - 1),  # 99999999.999999
+        (FINE, "float", -(10**15)),  # -1.0
+        (FINE, "float", 1),  # 1e-15
+        (FINE, "float", 333333333333333),  # 0.333333333333333
+        (WHOLE, "float", -(2**52)),
+        (WHOLE, "float", 2**52 - 1),
     ],
 )
-def test_a_single_number_is_written_as_jsonify_writes_it(app, kind, code, extra):
+def test_a_single_number_is_written_as_jsonify_writes_it(make_app, settings, kind, code):
     """A single number's response is written by hand (it is the hot path): the same bytes and headers."""
-    from flask import jsonify
-
-    from uniquerand.blueprints.common import numbers_response, space
-
+    app = make_app(**settings)
     with app.test_request_context("/"):
-        written = numbers_response(kind, [code], **extra)
-        expected = jsonify({"number": space(kind).to_json_value(code), **extra})
+        assert space(kind).contains(code)
+        written = numbers_response(kind, [code])
+        expected = jsonify({"number": space(kind).to_json_value(code)})
     assert written.get_data() == expected.get_data()
     assert written.headers == expected.headers
+
+
+def test_healthz_is_written_as_jsonify_writes_it(app):
+    """`/healthz`, the benchmark's baseline, is written the same way as a single number."""
+    response = app.test_client().get("/healthz")
+    with app.test_request_context("/"):
+        expected = jsonify({"status": "ok"})
+    assert response.get_data() == expected.get_data()
+    assert response.headers["Content-Type"] == expected.headers["Content-Type"]
 
 
 @pytest.mark.parametrize("stage", STRICT)

@@ -364,18 +364,6 @@ def test_sqlite_store_logs_a_failed_settling_move_and_keeps_serving(tmp_path, ca
     assert 7 in v3_codes_in(tmp_path, "recent_int")
 
 
-def wait_for_posted_settling(store: SqliteStore) -> None:
-    """Returns once the settling steps the store's process posted have run: the last look may have posted one
-    that the last request did not wait for. Each job runs after those queued before it, and a step posts
-    at most one more, SLICES at most in a row."""
-    for _ in range(SLICES + 1):
-        store._committer.get().submit(lambda connection: None, writes_once=True)
-
-
-def v3_codes_in(folder: Path, table: str) -> set[int]:
-    return {code for (code,) in rows(folder / "numbers.db", f"SELECT code FROM {table}")}
-
-
 def test_an_os_error_is_told_by_its_reason_and_logged_whole():
     err = PermissionError(13, "Permission denied", "/x")
     error = os_failure(StoreUnavailableError, "Cannot write the v1 store", err)
@@ -390,3 +378,15 @@ def test_an_os_error_without_an_errno_still_gets_a_reason():
 
     assert str(error) == "Cannot write the v1 store: an unexpected I/O error."
     assert error.detail == "OSError: raw write() returned 5"
+
+
+def wait_for_posted_settling(store: SqliteStore) -> None:
+    """Returns once the settling steps the store's process posted have run: the last look may have posted one
+    that the last request did not wait for. Each job runs after those queued before it, and a step posts
+    at most one more, SLICES at most in a row."""
+    for _ in range(SLICES + 1):
+        store._committer.get().submit(lambda connection: None, writes_once=True)
+
+
+def v3_codes_in(folder: Path, table: str) -> set[int]:
+    return {code for (code,) in rows(folder / "numbers.db", f"SELECT code FROM {table}")}

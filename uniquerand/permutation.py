@@ -193,5 +193,6 @@ class RadixFeistelPermutation(FeistelPermutation):
 
 def _table(values: list[int], largest: int) -> array:
     """A round table in the narrowest array that holds `largest`: 16-bit words for the halves of 2**32 ints
-    (1.3 MB for the 10 rounds, not 2.6), so that more lookups land in the CPU's caches."""
+    (1.3 MB for the 10 rounds, not 2.6), so that more lookups land in the CPU's caches. (32-bit words only
+    when tables are forced on a wider space, as tests do.)"""
     return array("H" if largest < 2**16 else "I", values)

@@ -83,11 +83,18 @@ def numbers_response(kind: NumberKind, codes: list[int], batch: bool = False, **
     to_json_value = space(kind).to_json_value
     if batch:
         return jsonify({"numbers": [to_json_value(code) for code in codes], **extra})
-    if extra:
+    if extra:  # /v4's shard names: jsonify encodes strings
         return jsonify({"number": to_json_value(codes[0]), **extra})
-    # The bytes and headers jsonify gives outside debug mode (compact, a number as its repr), without its
-    # encoder and provider: 3.7 us where jsonify takes 9, on /v5's hot path (tests/test_app.py compares them).
-    return current_app.response_class(f'{{"number":{to_json_value(codes[0])!r}}}\n', mimetype=JSON_MIMETYPE)
+    # A number's repr is its JSON (an int's digits, a float's shortest round-trip form).
+    return json_text_response(f'{{"number":{to_json_value(codes[0])!r}}}\n')
+
+
+def json_text_response(text: str):
+    """A response of JSON the caller wrote: the bytes and headers jsonify gives for the same object outside
+    debug mode (compact), without its encoder and provider, 3.7 us where jsonify takes 9. For the hot
+    paths: /vN/random's single numbers and the benchmark's baseline, `/healthz`, so that neither pays for
+    a cost the other does not (tests/test_app.py compares them with jsonify)."""
+    return current_app.response_class(text, mimetype=JSON_MIMETYPE)
 
 
 def stats_response(name: str):
