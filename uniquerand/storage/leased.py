@@ -50,10 +50,10 @@ log = logging.getLogger(__name__)
 class _ProcessState:
     """Everything that must not cross a fork: locks, the connection, the thread, the leases, key and permutation."""
 
-    def __init__(self) -> None:
+    def __init__(self, new_lock: Callable[[], _TimedLock]) -> None:
         self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.db_lock = threading.Lock()
+        self.lock = new_lock()
+        self.db_lock = new_lock()
         self.connection: sqlite3.Connection | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.key: bytes | None = None
@@ -80,13 +80,13 @@ class LeasedCounterStore:
         self.block_size = block_size
         self.lock_timeout = lock_timeout
         self._counters = CounterDatabase(self.folder, spaces, label=label, lock_timeout=lock_timeout)
-        self._process = _ProcessState()
+        self._process = _ProcessState(self._new_lock)
         # A child starts with nothing of its parent's: leases inherited by two processes would be served twice.
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (store := this()) and store._reset_after_fork())
 
     def _reset_after_fork(self) -> None:
-        self._process = _ProcessState()
+        self._process = _ProcessState(self._new_lock)
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
         process = self._process
@@ -94,17 +94,11 @@ class LeasedCounterStore:
         # A single number from the block being served: the typical request, without the housekeeping below.
         # (`permutation` is set once, under the lock, before any counter of this process is served.)
         if count == 1 and leases.permutation is not None:
-            # The lock by hand: building a `_Locked` for `with` would add about a tenth to this path.
-            lock = process.lock
-            if not lock.acquire(timeout=self.lock_timeout):
-                raise self._busy_error()
-            try:
+            with process.lock:
                 counter = leases.take_one()
-            finally:
-                lock.release()
             if counter is not None:
                 return [self.spaces[kind].low + leases.permutation(counter)]
-        with self._locked(process.lock):
+        with process.lock:
             self._ready(process)
             permutation = self._permutation(process, leases, kind)
             self._collect_prefetch(leases)
@@ -123,14 +117,14 @@ class LeasedCounterStore:
         """Loads the key and builds both permutations (tables: ~0.1 s), as a process's first requests would;
         leases nothing. Called when a worker starts, so that no request waits for it."""
         process = self._process
-        with self._locked(process.lock):
+        with process.lock:
             self._ready(process)
             for kind in KINDS:
                 self._permutation(process, process.leases[kind], kind)
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         process = self._process
-        with self._locked(process.lock):
+        with process.lock:
             self._ready(process)
             with self._database(process) as connection:
                 rows = connection.execute(
@@ -155,7 +149,7 @@ class LeasedCounterStore:
         for kind in KINDS:
             counter, accounted, skipped = rows.get(kind, (0, 0, 0))
             leases = process.leases[kind]
-            with self._locked(process.lock):
+            with process.lock:
                 held, served = leases.available, leases.served
             size = self.spaces[kind].size
             result[kind] = {
@@ -274,7 +268,7 @@ class LeasedCounterStore:
 
     @contextmanager
     def _database(self, process: _ProcessState) -> Iterator[sqlite3.Connection]:
-        with self._locked(process.db_lock), self._counters.translated_errors():
+        with process.db_lock, self._counters.translated_errors():
             if process.connection is None:
                 process.connection = self._counters.open()
             yield process.connection
@@ -287,24 +281,27 @@ class LeasedCounterStore:
             with self._database(process) as connection:
                 process.key, process.permutation_type = self._counters.load_key_and_permutation(connection)
 
-    def _locked(self, lock: threading.Lock) -> _Locked:
-        return _Locked(lock, self.lock_timeout, self._busy_error)
+    def _new_lock(self) -> _TimedLock:
+        return _TimedLock(self.lock_timeout, self._busy_error)
 
     def _busy_error(self) -> StoreBusyError:
         return StoreBusyError(f"The {self.label} store is busy; retry shortly.")
 
 
-class _Locked:
-    """`with` on a thread lock that gives up after `timeout` seconds with the error `busy` makes."""
+class _TimedLock:
+    """A thread lock whose `with` gives up after `timeout` seconds with the error `busy` makes. One object per
+    lock, made with it: /v5's typical request takes the lock, and building a wrapper for every `with` cost
+    about a tenth of that request's path in the store."""
 
-    __slots__ = ("busy", "lock", "timeout")
+    __slots__ = ("_lock", "busy", "timeout")
 
-    def __init__(self, lock: threading.Lock, timeout: float, busy: Callable[[], StoreBusyError]) -> None:
-        self.lock, self.timeout, self.busy = lock, timeout, busy
+    def __init__(self, timeout: float, busy: Callable[[], StoreBusyError]) -> None:
+        self._lock = threading.Lock()
+        self.timeout, self.busy = timeout, busy
 
     def __enter__(self) -> None:
-        if not self.lock.acquire(timeout=self.timeout):
+        if not self._lock.acquire(timeout=self.timeout):
             raise self.busy()
 
     def __exit__(self, *exc_info: object) -> None:
-        self.lock.release()
+        self._lock.release()
