@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+import math
+import struct
 
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from uniquerand.aes_permutation import AesRadixPermutation
 from uniquerand.permutation import BinaryFeistelPermutation, RadixFeistelPermutation
 
 KEY = bytes(range(32))
@@ -16,7 +22,12 @@ SIZES = [1, 2, 3, 4, 5, 15, 16, 17, 64, 65, 256, 257, 1000, 1024, 1025, 4096, 40
 # part of the domain outside the space (3, 7, 21, 91, 10101, 65281); 4**8 + 1 = 65537 is prime too.
 RADIX_SIZES = [1, 2, 3, 4, 5, 7, 15, 16, 17, 21, 64, 65, 91, 257, 1024, 1025, 10007, 10101, 65281, 65536, 65537]
 PERMUTATION_TYPES = pytest.mark.parametrize(
-    "permutation_type", [BinaryFeistelPermutation, RadixFeistelPermutation], ids=["binary", "radix"]
+    "permutation_type",
+    [BinaryFeistelPermutation, RadixFeistelPermutation, AesRadixPermutation],
+    ids=["binary", "radix", "aes"],
+)
+RADIX_TYPES = pytest.mark.parametrize(
+    "radix_type", [RadixFeistelPermutation, AesRadixPermutation], ids=["radix", "aes"]
 )
 
 
@@ -28,18 +39,20 @@ def test_permutation_is_a_bijection(size, tables):
     assert sorted(permutation.many(0, size)) == list(range(size))
 
 
+@RADIX_TYPES
 @pytest.mark.parametrize("tables", [True, False], ids=["tables", "hashes"])
 @pytest.mark.parametrize("size", RADIX_SIZES)
-def test_radix_permutation_is_a_bijection(size, tables):
-    permutation = RadixFeistelPermutation(KEY, size, tables=tables)
+def test_radix_permutation_is_a_bijection(radix_type, size, tables):
+    permutation = radix_type(KEY, size, tables=tables)
 
     assert sorted(permutation.many(0, size)) == list(range(size))
 
 
+@RADIX_TYPES
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 91, 1000, 65537, 2**32, 2**32 + 1, 10**9 + 7, 10**14, 2**54])
-def test_radix_permutation_domain_barely_exceeds_the_space(size):
+def test_radix_permutation_domain_barely_exceeds_the_space(radix_type, size):
     # Fewer than a values of the domain lie outside the space: under 1 in b needs a second pass.
-    permutation = RadixFeistelPermutation(KEY, size, tables=False)
+    permutation = radix_type(KEY, size, tables=False)
     a, b = permutation.a, permutation.b
 
     assert (a - 1) ** 2 < size <= a * a
@@ -57,17 +70,61 @@ def test_permutation_tables_and_hashes_compute_the_same_function():
 
 
 # 4**9 + 1: a = 513 and b = 512 differ; 10**9 + 7: cycle-walking on 14122 values; 2**32: the widest tables.
+@RADIX_TYPES
 @pytest.mark.parametrize("size", [4**9 + 1, 10**9 + 7, 2**32])
-def test_radix_permutation_tables_and_hashes_compute_the_same_function(size):
+def test_radix_permutation_tables_and_hashes_compute_the_same_function(radix_type, size):
     sample = range(0, size, size // 2000 + 1)
-    with_tables = RadixFeistelPermutation(KEY, size, b"int", tables=True)
-    with_hashes = RadixFeistelPermutation(KEY, size, b"int", tables=False)
+    with_tables = radix_type(KEY, size, b"int", tables=True)
+    with_hashes = radix_type(KEY, size, b"int", tables=False)
 
     assert [with_tables(i) for i in sample] == [with_hashes(i) for i in sample]
 
 
-def test_tables_of_the_int_space_take_16_bit_words():
-    permutation = RadixFeistelPermutation(KEY, 2**32, b"int")
+def reference_aes_permutation(key: bytes, size: int, tweak: bytes, index: int) -> int:
+    """AesRadixPermutation's definition, written out a number and a round at a time (no tables, no runs)."""
+    context = len(tweak).to_bytes(4, "little") + tweak + size.to_bytes(8, "little")
+    round_key = hashlib.blake2b(context, key=key, digest_size=32, person=b"uniquerand-v5a").digest()
+    cipher = Cipher(algorithms.AES(round_key), modes.ECB())
+    a = math.isqrt(size - 1) + 1
+    b = -(-size // a)
+
+    def f(r: int, x: int) -> int:
+        block = cipher.encryptor().update(struct.pack("<QQ", x, r))
+        return struct.unpack("<Q", block[:8])[0]
+
+    value = index
+    while True:
+        left, right = divmod(value, b)
+        for r in range(0, 10, 2):
+            left = (left + f(r, right)) % a
+            right = (right + f(r + 1, left)) % b
+        value = left * b + right
+        if value < size:
+            return value
+
+
+# Tables and AES calls, a second pass (10**9 + 7 has a * b - size = 14122 values outside the space), the floats.
+@pytest.mark.parametrize(
+    ("size", "tweak", "start", "tables"),
+    [
+        (1000, b"", 0, True),
+        (1000, b"", 0, False),
+        (10**9 + 7, b"int", 10**9 - 200, True),
+        (10**9 + 7, b"int", 10**9 - 200, False),
+        (10**14, b"float:0:100000000:6", 2**40, False),
+    ],
+)
+def test_aes_permutation_is_its_definition(size, tweak, start, tables):
+    permutation = AesRadixPermutation(KEY, size, tweak, tables=tables)
+
+    expected = [reference_aes_permutation(KEY, size, tweak, i) for i in range(start, start + 200)]
+
+    assert permutation.many(start, 200) == expected
+
+
+@RADIX_TYPES
+def test_tables_of_the_int_space_take_16_bit_words(radix_type):
+    permutation = radix_type(KEY, 2**32, b"int")
 
     assert sum(len(table) * table.itemsize for table in permutation._tables) == 10 * 2**16 * 2
 
@@ -93,8 +150,26 @@ def test_tables_of_the_int_space_take_16_bit_words():
             b"float:0:100000000:6",
             [1608349891774, 64770857523061, 91532317277061, 46328162193220],
         ),
+        (AesRadixPermutation, 1000, b"", [613, 127, 913, 19]),
+        (AesRadixPermutation, 2**32, b"int:0:4294967295:0", [2972905000, 3858644364, 2337238438, 2459609585]),
+        (
+            AesRadixPermutation,
+            10**14,
+            b"float:0:100000000:6",
+            [63354201239443, 71698067540455, 38319973583815, 26879173001476],
+        ),
     ],
-    ids=["binary-1000", "binary-int", "binary-float", "radix-1000", "radix-int", "radix-float"],
+    ids=[
+        "binary-1000",
+        "binary-int",
+        "binary-float",
+        "radix-1000",
+        "radix-int",
+        "radix-float",
+        "aes-1000",
+        "aes-int",
+        "aes-float",
+    ],
 )
 def test_permutation_values_never_change(permutation_type, size, tweak, first):
     assert permutation_type(KEY, size, tweak).many(0, 4) == first
@@ -112,12 +187,17 @@ def test_permutation_is_fixed_by_key_size_and_tweak(permutation_type):
     assert sum(a == b for a, b in enumerate(first)) < 20
 
 
-def test_radix_and_binary_permutations_differ_with_one_key():
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [(BinaryFeistelPermutation, RadixFeistelPermutation), (RadixFeistelPermutation, AesRadixPermutation)],
+    ids=["binary-radix", "radix-aes"],
+)
+def test_permutations_of_one_key_differ(one, other):
     size = 4096
-    binary = BinaryFeistelPermutation(KEY, size).many(0, size)
-    radix = RadixFeistelPermutation(KEY, size).many(0, size)
+    ones = one(KEY, size).many(0, size)
+    others = other(KEY, size).many(0, size)
 
-    assert sum(a == b for a, b in zip(binary, radix, strict=True)) < 20
+    assert sum(a == b for a, b in zip(ones, others, strict=True)) < 20
 
 
 @PERMUTATION_TYPES

@@ -19,10 +19,11 @@ import pytest
 from tests.support import REPO
 from tests.v4_support import rows
 from uniquerand import create_app
+from uniquerand.aes_permutation import AesRadixPermutation
 from uniquerand.config import ConfigError
 from uniquerand.permutation import BinaryFeistelPermutation, RadixFeistelPermutation
 from uniquerand.storage.leased import LeasedCounterStore
-from uniquerand.storage.leases import Block, Leases
+from uniquerand.storage.leases import WINDOW, Block, Leases
 
 SMALL = {"INT_MIN": 1, "INT_MAX": 50, "V5_BLOCK_SIZE": 1000}
 # The tweak /v5 gives the permutation of SMALL's int space (kind, low, high, decimals).
@@ -135,29 +136,44 @@ def test_v5_single_numbers_follow_the_counter_across_blocks_and_background_lease
 
     numbers = [client.get("/v5/random").json["number"] for _ in range(1000)]
 
-    permutation = RadixFeistelPermutation((instance_path / "v5" / "key").read_bytes(), 1000, b"int:1:1000:0")
+    permutation = AesRadixPermutation((instance_path / "v5" / "key").read_bytes(), 1000, b"int:1:1000:0")
     assert numbers == [1 + permutation(counter) for counter in range(1000)]
     assert_json_error(client.get("/v5/random"), 503, "space_exhausted")
 
 
 def test_leases_take_one_leaves_every_boundary_to_the_general_path():
-    leases = Leases()
+    permutation = AesRadixPermutation(bytes(32), 40)
+    leases = Leases(permutation=permutation)
     leases.add(Block(0, 20))  # the next lease is due once 10% of the block, 2 counters, are served
 
-    assert leases.take_one() == 0
+    assert leases.take_one() == permutation(0)
     assert leases.take_one() is None  # this counter reaches the mark: the general path starts the lease
     assert leases.take(1) == [(1, 2)] and leases.wants_prefetch()
     leases.prefetch = Future()
     assert leases.take_one() is None  # a lease in flight: the general path collects it when it is done
     leases.prefetch = None
     leases.add(Block(20, 40))
-    assert [leases.take_one() for _ in range(17)] == list(range(2, 19))  # two blocks: nothing to lease
+    assert [leases.take_one() for _ in range(17)] == permutation.many(2, 17)  # two blocks: nothing to lease
     assert leases.take_one() is None  # the block's last counter: the general path finishes the block
     assert leases.take(1) == [(19, 20)] and len(leases.blocks) == 1
     leases.counter_exhausted = True  # nothing left to lease: the last block is served to its end
-    assert [leases.take_one() for _ in range(19)] == list(range(20, 39))
+    assert [leases.take_one() for _ in range(19)] == permutation.many(20, 19)
     assert leases.take_one() is None
     assert (leases.available, leases.served) == (1, 39)
+
+
+@pytest.mark.parametrize("tables", [True, False], ids=["tables", "aes"])
+def test_leases_take_one_serves_a_long_block_window_by_window(tables):
+    # Over two windows and a part: the indexes computed ahead are those of the counters served, in order.
+    size = 3 * WINDOW
+    permutation = AesRadixPermutation(bytes(32), size, tables=tables)
+    leases = Leases(permutation=permutation, counter_exhausted=True)
+    leases.add(Block(7, size))
+
+    served = [leases.take_one() for _ in range(size - 8)]
+
+    assert served == [permutation(counter) for counter in range(7, size - 1)]
+    assert leases.take_one() is None
 
 
 def test_v5_key_file_is_private(app, client, instance_path):
@@ -259,30 +275,39 @@ def test_v5_stats_report_counter_served_and_remaining(make_app):
     assert ints["unaccounted"] == 100
 
 
-def test_v5_a_new_database_serves_and_records_the_radix_permutation(make_app, instance_path):
+def test_v5_a_new_database_serves_and_records_the_aes_permutation(make_app, instance_path):
     numbers = take(make_app(**SMALL).test_client(), "/v5/random", 10)
 
-    radix = RadixFeistelPermutation((instance_path / "v5" / "key").read_bytes(), 50, SMALL_TWEAK)
-    assert numbers == [1 + radix(i) for i in range(10)]
-    # No 'key_fingerprint' row, the one an earlier release requires: it refuses this database.
-    assert fingerprint_rows(instance_path) == ["key_fingerprint:radix-feistel-10"]
+    aes = AesRadixPermutation((instance_path / "v5" / "key").read_bytes(), 50, SMALL_TWEAK)
+    assert numbers == [1 + aes(i) for i in range(10)]
+    # Not a row an earlier release knows ('key_fingerprint', 'key_fingerprint:radix-feistel-10'): it refuses.
+    assert fingerprint_rows(instance_path) == ["key_fingerprint:aes-radix-feistel-10"]
 
 
+# The rows earlier releases wrote, and the permutation each served.
+EARLIER_RELEASES = pytest.mark.parametrize(
+    ("row", "permutation_type"),
+    [("key_fingerprint", BinaryFeistelPermutation), ("key_fingerprint:radix-feistel-10", RadixFeistelPermutation)],
+    ids=["binary", "radix"],
+)
+
+
+@EARLIER_RELEASES
 @pytest.mark.parametrize("use", ["served", "prefilled", "unused"])
-def test_v5_a_database_of_an_earlier_release_keeps_the_binary_permutation(make_app, instance_path, use):
-    # An earlier release kept the fingerprint as 'key_fingerprint' and served the binary network. The key is
-    # made here by a batch the space refuses before any lease, then its row is given that name.
+def test_v5_a_database_of_an_earlier_release_keeps_its_permutation(make_app, instance_path, use, row, permutation_type):
+    # The key is made here by a batch the space refuses before any lease, then its row is given the name an
+    # earlier release wrote.
     assert_json_error(make_app(**SMALL).test_client().get("/v5/random?count=51"), 503, "insufficient_remaining")
-    rename_fingerprint_row(instance_path, "key_fingerprint")
+    rename_fingerprint_row(instance_path, row)
     earlier = make_app(**SMALL)
     used, served = [], []
-    binary = BinaryFeistelPermutation((instance_path / "v5" / "key").read_bytes(), 50, SMALL_TWEAK)
+    earlier_permutation = permutation_type((instance_path / "v5" / "key").read_bytes(), 50, SMALL_TWEAK)
     if use == "served":
         served = take(earlier.test_client(), "/v5/random", 20)
-        used = [1 + binary(i) for i in range(20)]
+        used = [1 + earlier_permutation(i) for i in range(20)]
     elif use == "prefilled":
         earlier.extensions["uniquerand"]["stores"]["v5"].prefill("int", 20)
-        used = [1 + binary(i) for i in range(20)]  # a prefill counts as served
+        used = [1 + earlier_permutation(i) for i in range(20)]  # a prefill counts as served
 
     later = take_until_exhausted(make_app(**SMALL).test_client())
     # The earlier server still holds the unserved rest of its leases; they are served once too.
@@ -291,9 +316,9 @@ def test_v5_a_database_of_an_earlier_release_keeps_the_binary_permutation(make_a
     assert served == used[: len(served)]
     assert sorted(used + rest) == list(range(1, 51))
     if use == "unused":
-        # Nothing leased yet, still the binary network: an earlier release may serve beside this one.
-        assert later == [1 + binary(i) for i in range(50)]
-    assert fingerprint_rows(instance_path) == ["key_fingerprint"]
+        # Nothing leased yet, still the earlier network: the earlier release may serve beside this one.
+        assert later == [1 + earlier_permutation(i) for i in range(50)]
+    assert fingerprint_rows(instance_path) == [row]
 
 
 @pytest.mark.parametrize("name", ["key_fingerprint:radix-feistel-12", "key_fingerprint_v9"])

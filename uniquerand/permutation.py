@@ -1,7 +1,7 @@
 """Keyed pseudo-random permutations of [0, N): Feistel networks of 10 keyed BLAKE2b rounds, with cycle-walking.
 
-`RadixFeistelPermutation` (FF1's mixed-radix network, about one pass per number) serves new counters;
-`BinaryFeistelPermutation` stays, unchanged, for counters leased before it (see `storage.counter_db`).
+`RadixFeistelPermutation` (FF1's mixed-radix network) and `BinaryFeistelPermutation` stay, unchanged, for
+the databases that recorded them; new ones get `aes_permutation.AesRadixPermutation` (see `storage.counter_db`).
 Pure computation (no I/O): the same key, size and tweak always give the same permutation.
 """
 
@@ -14,6 +14,7 @@ import sys
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Callable
+from typing import Protocol
 
 KEY_BYTES = 32
 ROUNDS = 10
@@ -29,6 +30,36 @@ _WORD32 = struct.Struct("<I")
 _WORD64 = struct.Struct("<Q")
 
 
+class Permutation(Protocol):
+    """What /v5 needs of a permutation of [0, size): single indexes and runs of them."""
+
+    size: int
+
+    def __call__(self, index: int) -> int: ...
+
+    def many(self, start: int, count: int) -> list[int]: ...
+
+
+def check_arguments(key: bytes, size: int) -> None:
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"The key must be {KEY_BYTES} bytes, got {len(key)}.")
+    if size < 1:
+        raise ValueError(f"The size must be at least 1, got {size}.")
+    if size > 2**MAX_SIZE_BITS:
+        raise ValueError(f"The size must be at most 2**{MAX_SIZE_BITS}, got {size}.")
+
+
+def check_range(start: int, count: int, size: int) -> None:
+    if count < 0 or start < 0 or start + count > size:
+        raise ValueError(f"[{start}, {start + count}) is not inside [0, {size}).")
+
+
+def permutation_context(size: int, tweak: bytes) -> bytes:
+    """What a permutation's round functions are keyed over besides the key: a different space or tweak
+    gives an unrelated permutation."""
+    return len(tweak).to_bytes(4, "little") + tweak + size.to_bytes(8, "little")
+
+
 class FeistelPermutation(ABC):
     """What both networks share: the argument checks, the keyed round states and cycle-walking. A subclass
     defines one pass over its domain twice, with round tables and with hashes: the same function."""
@@ -36,15 +67,10 @@ class FeistelPermutation(ABC):
     _tables: list[array] | None
 
     def __init__(self, key: bytes, size: int, tweak: bytes, person: bytes) -> None:
-        if len(key) != KEY_BYTES:
-            raise ValueError(f"The key must be {KEY_BYTES} bytes, got {len(key)}.")
-        if size < 1:
-            raise ValueError(f"The size must be at least 1, got {size}.")
-        if size > 2**MAX_SIZE_BITS:
-            raise ValueError(f"The size must be at most 2**{MAX_SIZE_BITS}, got {size}.")
+        check_arguments(key, size)
         self.size = size
         # Hashing the key once per round and copying the state saves BLAKE2b's key block per call.
-        context = len(tweak).to_bytes(4, "little") + tweak + size.to_bytes(8, "little")
+        context = permutation_context(size, tweak)
         self._round_states = [hashlib.blake2b(context + bytes([r]), key=key, person=person) for r in range(ROUNDS)]
         self._round_copies = [state.copy for state in self._round_states]
 
@@ -60,8 +86,7 @@ class FeistelPermutation(ABC):
 
     def many(self, start: int, count: int) -> list[int]:
         """[P(start), P(start + 1), ..., P(start + count - 1)]."""
-        if count < 0 or start < 0 or start + count > self.size:
-            raise ValueError(f"[{start}, {start + count}) is not inside [0, {self.size}).")
+        check_range(start, count, self.size)
         encrypt, size = self._encrypt, self.size
         result = []
         for value in range(start, start + count):
@@ -135,7 +160,7 @@ class BinaryFeistelPermutation(FeistelPermutation):
     def _round_table(self, r: int) -> array:
         """F_r(x) for every x of the half width: the same words the hashing path reads."""
         mask = self._mask
-        return _table([word & mask for word in self._round_words(r, _WORD32, 1 << self.half_bits)], mask)
+        return round_table([word & mask for word in self._round_words(r, _WORD32, 1 << self.half_bits)], mask)
 
 
 class RadixFeistelPermutation(FeistelPermutation):
@@ -188,10 +213,10 @@ class RadixFeistelPermutation(FeistelPermutation):
     def _round_table(self, r: int) -> array:
         """F_r(x) mod m_r for every x of round r's input: the same values the hashing path adds."""
         modulus, inputs = (self.a, self.b) if r % 2 == 0 else (self.b, self.a)
-        return _table([word % modulus for word in self._round_words(r, _WORD64, inputs)], modulus - 1)
+        return round_table([word % modulus for word in self._round_words(r, _WORD64, inputs)], modulus - 1)
 
 
-def _table(values: list[int], largest: int) -> array:
+def round_table(values: list[int], largest: int) -> array:
     """A round table in the narrowest array that holds `largest`: 16-bit words for the halves of 2**32 ints
     (1.3 MB for the 10 rounds, not 2.6), so that more lookups land in the CPU's caches. (32-bit words only
     when tables are forced on a wider space, as tests do.)"""

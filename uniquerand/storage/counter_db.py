@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from uniquerand.aes_permutation import AesRadixPermutation
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
-from uniquerand.permutation import BinaryFeistelPermutation, FeistelPermutation, RadixFeistelPermutation
+from uniquerand.permutation import BinaryFeistelPermutation, Permutation, RadixFeistelPermutation
 from uniquerand.storage.base import StoreCorruptError, StoreKeyError, StoreUnavailableError, os_failure
 from uniquerand.storage.keyfile import create_key, fingerprint, read_key
 from uniquerand.storage.sqlite_common import connect, store_error
@@ -18,16 +19,18 @@ from uniquerand.storage.sqlite_common import connect, store_error
 FILE_NAME = "counters.db"
 KEY_NAME = "key"
 # The permutation a database's counters are served with is named by the meta row that holds the key's
-# fingerprint. Earlier releases wrote 'key_fingerprint' and served the binary network: such a database goes on
-# with it, whatever it leased, since another permutation of its next counters could give numbers it already
-# served. A new database gets the radix network's row, where an earlier release finds no 'key_fingerprint'
-# and refuses to serve: two releases never serve one database with two permutations.
-PermutationType = Callable[[bytes, int, bytes], FeistelPermutation]
+# fingerprint. Earlier releases wrote 'key_fingerprint' (the binary network) and then
+# 'key_fingerprint:radix-feistel-10' (the radix network over BLAKE2b): such a database goes on with its own,
+# whatever it leased, since another permutation of its next counters could give numbers it already served.
+# A new database gets the AES network's row, which an earlier release does not know and refuses to serve:
+# two releases never serve one database with two permutations.
+PermutationType = Callable[[bytes, int, bytes], Permutation]
 FINGERPRINT_PREFIX = "key_fingerprint"
-NEW_FINGERPRINT = "key_fingerprint:radix-feistel-10"
+NEW_FINGERPRINT = "key_fingerprint:aes-radix-feistel-10"
 PERMUTATIONS: dict[str, PermutationType] = {
     "key_fingerprint": BinaryFeistelPermutation,
-    NEW_FINGERPRINT: RadixFeistelPermutation,
+    "key_fingerprint:radix-feistel-10": RadixFeistelPermutation,
+    NEW_FINGERPRINT: AesRadixPermutation,
 }
 # Near the end of the space a lease takes at most 1/TAIL_SHARE of what is left, so that the numbers
 # held unserved by other workers when the counter runs out stay few (see README, /v5).

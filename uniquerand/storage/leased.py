@@ -26,7 +26,7 @@ from pathlib import Path
 
 from uniquerand.logs import event
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
-from uniquerand.permutation import FeistelPermutation
+from uniquerand.permutation import Permutation
 from uniquerand.storage import native
 from uniquerand.storage.base import (
     InsufficientRemainingError,
@@ -92,26 +92,32 @@ class LeasedCounterStore:
         process = self._process
         leases = process.leases[kind]
         # A single number from the block being served: the typical request, without the housekeeping below.
-        # (`permutation` is set once, under the lock, before any counter of this process is served.)
+        # (`permutation` is set once, under the lock, before any counter of this process is served.) Its
+        # index comes from the window `take_one` computes ahead, a run of counters at a time, under the lock.
         if count == 1 and leases.permutation is not None:
             with process.lock:
-                counter = leases.take_one()
-            if counter is not None:
-                return [self.spaces[kind].low + leases.permutation(counter)]
+                index = leases.take_one()
+            if index is not None:
+                return [self.spaces[kind].low + index]
         with process.lock:
             self._ready(process)
             permutation = self._permutation(process, leases, kind)
             self._collect_prefetch(leases)
             if leases.available < count:
                 self._top_up(process, kind, leases, count)
-            ranges = leases.take(count)
+            if count == 1:
+                # Through the window, as on the fast path.
+                indexes, ranges = [leases.take_index()], []
+            else:
+                indexes, ranges = [], leases.take(count)
             if leases.wants_prefetch():
                 # Fails only while the interpreter shuts down; the lease is then simply not taken early.
                 with suppress(RuntimeError):
                     leases.prefetch = self._executor(process).submit(self._lease, process, kind, 1, self.block_size)
         low = self.spaces[kind].low
-        # The permutation is pure, so it runs outside the lock.
-        return [low + index for start, stop in ranges for index in permutation.many(start, stop - start)]
+        # The permutation is pure, so a batch's runs are computed outside the lock.
+        indexes.extend(index for start, stop in ranges for index in permutation.many(start, stop - start))
+        return [low + index for index in indexes]
 
     def prepare(self) -> None:
         """Loads the key and builds both permutations (tables: ~0.1 s), as a process's first requests would;
@@ -209,7 +215,7 @@ class LeasedCounterStore:
         else:
             leases.add(block)
 
-    def _permutation(self, process: _ProcessState, leases: Leases, kind: NumberKind) -> FeistelPermutation:
+    def _permutation(self, process: _ProcessState, leases: Leases, kind: NumberKind) -> Permutation:
         if leases.permutation is None:
             space = self.spaces[kind]
             tweak = f"{kind}:{space.low}:{space.high}:{space.decimals}".encode()
