@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask import jsonify
 
-from uniquerand.blueprints.common import numbers_response, space
+from uniquerand.blueprints.common import numbers_response
 
 STAGES = ["v1", "v2", "v3"]
 STRICT = ["v2", "v3"]
@@ -105,10 +105,11 @@ WHOLE = {"FLOAT_DECIMALS": 0, "FLOAT_MIN": -(2**52), "FLOAT_MAX": 2**52}
 def test_a_single_number_is_written_as_jsonify_writes_it(make_app, settings, kind, code):
     """A single number's response is written by hand (it is the hot path): the same bytes and headers."""
     app = make_app(**settings)
+    space = app.extensions["uniquerand"]["spaces"][kind]
     with app.test_request_context("/"):
-        assert space(kind).contains(code)
-        written = numbers_response(kind, [code])
-        expected = jsonify({"number": space(kind).to_json_value(code)})
+        assert space.contains(code)
+        written = numbers_response(space, [code])
+        expected = jsonify({"number": space.to_json_value(code)})
     assert written.get_data() == expected.get_data()
     assert written.headers == expected.headers
 

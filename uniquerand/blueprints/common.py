@@ -6,7 +6,7 @@ from flask import current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
 
 from uniquerand.errors import InvalidParameterError
-from uniquerand.numbers import KINDS, NumberKind
+from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 
 JSON_MIMETYPE = "application/json"
 
@@ -14,10 +14,6 @@ JSON_MIMETYPE = "application/json"
 def store(name: str):
     """The store of the named stage, built by `create_app`."""
     return current_app.extensions["uniquerand"]["stores"][name]
-
-
-def space(kind: NumberKind):
-    return current_app.extensions["uniquerand"]["spaces"][kind]
 
 
 def lenient_type() -> NumberKind:
@@ -78,9 +74,10 @@ def _batch_count(args: MultiDict) -> int | None:
     return int(value)
 
 
-def numbers_response(kind: NumberKind, codes: list[int], batch: bool = False, **extra):
-    """`{"number": n}` for a single number, `{"numbers": [...]}` for a batch, with `extra`'s fields."""
-    to_json_value = space(kind).to_json_value
+def numbers_response(space: NumberSpace, codes: list[int], batch: bool = False, **extra):
+    """`{"number": n}` for a single number, `{"numbers": [...]}` for a batch, with `extra`'s fields. `space` is
+    the store's own (`store.spaces[kind]`): the app's, with no second lookup through `current_app`."""
+    to_json_value = space.to_json_value
     if batch:
         return jsonify({"numbers": [to_json_value(code) for code in codes], **extra})
     if extra:  # /v4's shard names: jsonify encodes strings

@@ -12,7 +12,8 @@ bp = Blueprint("v1", __name__, url_prefix="/v1")
 @bp.get("/random")
 def random_number():
     kind = lenient_type()
-    return numbers_response(kind, store("v1").issue(kind))
+    stage = store("v1")
+    return numbers_response(stage.spaces[kind], stage.issue(kind))
 
 
 @bp.get("/stats")

@@ -12,7 +12,8 @@ bp = Blueprint("v2", __name__, url_prefix="/v2")
 @bp.get("/random")
 def random_number():
     kind, count = random_request()
-    return numbers_response(kind, store("v2").issue(kind, count or 1), batch=count is not None)
+    stage = store("v2")
+    return numbers_response(stage.spaces[kind], stage.issue(kind, count or 1), batch=count is not None)
 
 
 @bp.get("/stats")

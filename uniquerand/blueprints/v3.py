@@ -12,7 +12,8 @@ bp = Blueprint("v3", __name__, url_prefix="/v3")
 @bp.get("/random")
 def random_number():
     kind, count = random_request()
-    return numbers_response(kind, store("v3").issue(kind, count or 1), batch=count is not None)
+    stage = store("v3")
+    return numbers_response(stage.spaces[kind], stage.issue(kind, count or 1), batch=count is not None)
 
 
 @bp.get("/stats")

@@ -12,11 +12,12 @@ bp = Blueprint("v4", __name__, url_prefix="/v4")
 @bp.get("/random")
 def random_number():
     kind, count = random_request()
-    claimed = store("v4").claim(kind, count or 1)
+    stage = store("v4")
+    claimed = stage.claim(kind, count or 1)
     codes = [code for code, _ in claimed]
     if count is None:
-        return numbers_response(kind, codes, shard=claimed[0][1])
-    return numbers_response(kind, codes, batch=True, shards=[shard for _, shard in claimed])
+        return numbers_response(stage.spaces[kind], codes, shard=claimed[0][1])
+    return numbers_response(stage.spaces[kind], codes, batch=True, shards=[shard for _, shard in claimed])
 
 
 @bp.get("/stats")

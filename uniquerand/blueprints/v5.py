@@ -12,7 +12,8 @@ bp = Blueprint("v5", __name__, url_prefix="/v5")
 @bp.get("/random")
 def random_number():
     kind, count = random_request()
-    return numbers_response(kind, store("v5").issue(kind, count or 1), batch=count is not None)
+    stage = store("v5")
+    return numbers_response(stage.spaces[kind], stage.issue(kind, count or 1), batch=count is not None)
 
 
 @bp.get("/stats")
