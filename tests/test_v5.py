@@ -23,7 +23,7 @@ from uniquerand.aes_permutation import AesRadixPermutation
 from uniquerand.config import ConfigError
 from uniquerand.permutation import BinaryFeistelPermutation, RadixFeistelPermutation
 from uniquerand.storage.leased import LeasedCounterStore
-from uniquerand.storage.leases import WINDOW, Block, Leases
+from uniquerand.storage.leases import Block, Leases
 
 SMALL = {"INT_MIN": 1, "INT_MAX": 50, "V5_BLOCK_SIZE": 1000}
 # The tweak /v5 gives the permutation of SMALL's int space (kind, low, high, decimals).
@@ -141,6 +141,21 @@ def test_v5_single_numbers_follow_the_counter_across_blocks_and_background_lease
     assert_json_error(client.get("/v5/random"), 503, "space_exhausted")
 
 
+def test_v5_singles_and_batches_across_runs_follow_the_counter(make_app, instance_path):
+    # Runs of 512 indexes are computed ahead for single numbers; batches take their counters in between
+    # (skipping part of a run, or starting one), and a single number then goes on from the counter after them.
+    client = make_app(INT_MIN=1, INT_MAX=5000, V5_BLOCK_SIZE=2000).test_client()
+
+    numbers = take(client, "/v5/random", 10)
+    numbers += client.get("/v5/random?count=600").json["numbers"]
+    numbers += take(client, "/v5/random", 700)
+    numbers += client.get("/v5/random?count=3").json["numbers"]
+    numbers += take(client, "/v5/random", 5)
+
+    permutation = AesRadixPermutation((instance_path / "v5" / "key").read_bytes(), 5000, b"int:1:5000:0")
+    assert numbers == [1 + permutation(counter) for counter in range(1318)]
+
+
 def test_leases_take_one_leaves_every_boundary_to_the_general_path():
     permutation = AesRadixPermutation(bytes(32), 40)
     leases = Leases(permutation=permutation)
@@ -163,10 +178,11 @@ def test_leases_take_one_leaves_every_boundary_to_the_general_path():
 
 
 @pytest.mark.parametrize("tables", [True, False], ids=["tables", "aes"])
-def test_leases_take_one_serves_a_long_block_window_by_window(tables):
-    # Over two windows and a part: the indexes computed ahead are those of the counters served, in order.
-    size = 3 * WINDOW
+def test_leases_take_one_serves_a_long_block_run_by_run(tables):
+    # Over two runs and a part: the indexes computed ahead are those of the counters served, in order.
+    size = 3 * 512
     permutation = AesRadixPermutation(bytes(32), size, tables=tables)
+    assert permutation.run_length == 512
     leases = Leases(permutation=permutation, counter_exhausted=True)
     leases.add(Block(7, size))
 

@@ -1,11 +1,11 @@
-"""The permutation of new /v5 databases: FF1's mixed-radix Feistel network with AES-256 as its round function,
-computed for a run of indexes at once, so that a round of AES is one call for the whole run."""
+"""The permutation of new /v5 databases: FF1's alternating-modulus Feistel network over Z_a x Z_b with AES-256
+as its round function, computed for a run of indexes at once, so that a round of AES is one call for the run."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 import sys
+import threading
 from array import array
 from collections.abc import Sequence
 
@@ -13,51 +13,62 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from uniquerand.permutation import (
     ROUNDS,
+    RUN_WITH_TABLES,
     TABLE_MAX_INPUTS,
     check_arguments,
+    check_index,
     check_range,
     permutation_context,
+    radix_halves,
+    radix_pass_with_tables,
     round_table,
 )
+
+# The indexes computed together when the rounds encrypt: ~0.65 ms for the floats' 512, ~1.2 us a number.
+RUN_WITH_AES = 512
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class AesRadixPermutation:
     """P: [0, size) -> [0, size), a bijection chosen by `key` (and `tweak`, which separates uses of one key).
 
-    The network of `RadixFeistelPermutation`: the domain Z_a x Z_b (a = ceil(sqrt(size)), b = ceil(size / a)),
-    10 rounds, round r mapping (left, right) to (right, (left + F_r(right)) mod m_r), m_r = a for even r and b
-    for odd r, then cycle-walking into [0, size). F_r(x) is the first 64-bit word (little-endian) of
-    AES-256_K(x || r), x and r as 64-bit little-endian words, with K the 256-bit BLAKE2b of (tweak, size) keyed
-    with `key`: a keyed PRF of (r, x) for each space. Reduced mod m_r (a bias under 2**-37).
+    The network of `RadixFeistelPermutation`: the domain Z_a x Z_b (see `radix_halves`), 10 rounds, round r
+    mapping (left, right) to (right, (left + F_r(right)) mod m_r), m_r = a for even r and b for odd r, then
+    cycle-walking into [0, size). F_r(x) is the first 64-bit word (little-endian) of AES-256_K(x || r), x and
+    r as 64-bit little-endian words, with K the 256-bit BLAKE2b of (tweak, size) keyed with `key`: a keyed
+    PRF of (r, x) for each space. Reduced mod m_r (a bias under 2**-37).
 
     Spaces of up to 2**32 use round tables, as the BLAKE2b networks do; wider ones (the floats) encrypt a
-    round's inputs for a whole run of indexes in one AES call (`many`): ~1.3 us a number for a run of 1000,
-    where 10 BLAKE2b calls from Python take ~7.
+    round's inputs for a whole run of indexes in one AES call (`many`): ~1.2-1.3 us a number in runs of
+    512-1000, where 10 BLAKE2b calls from Python take ~7 (a run of one: ~30 us).
     """
 
     def __init__(self, key: bytes, size: int, tweak: bytes = b"", *, tables: bool | None = None) -> None:
         check_arguments(key, size)
+        if array("Q").itemsize != 8:
+            raise RuntimeError("array('Q') is not 64 bits wide on this platform.")
         self.size = size
         round_key = hashlib.blake2b(permutation_context(size, tweak), key=key, digest_size=32, person=b"uniquerand-v5a")
-        self._cipher = Cipher(algorithms.AES(round_key.digest()), modes.ECB())
-        self.a = math.isqrt(size - 1) + 1
-        self.b = -(-size // self.a)
-        self._moduli = [self.a, self.b] * (ROUNDS // 2)
+        # One encryptor for every call: making one costs more than encrypting a run (ECB keeps no state
+        # between calls of whole blocks). Its calls are serialised, as a context must not be shared.
+        self._encryptor = Cipher(algorithms.AES(round_key.digest()), modes.ECB()).encryptor()
+        self._encryptor_lock = threading.Lock()
+        self.a, self.b = radix_halves(size)
         use_tables = self.a <= TABLE_MAX_INPUTS if tables is None else tables
-        self._tables = None
+        self.run_length = RUN_WITH_TABLES if use_tables else RUN_WITH_AES
+        self._tables: list[array] | None = None
         self._table_pairs: list[tuple[array, array]] = []
         if use_tables:
-            # Round r reads the other half: b inputs for the even rounds, a for the odd ones.
-            inputs = [self.b, self.a] * (ROUNDS // 2)
+            # Round r reads the other half: b inputs for the even rounds (modulus a), a for the odd ones.
+            rounds = [(self.a, self.b), (self.b, self.a)] * (ROUNDS // 2)
             self._tables = [
-                round_table([word % m for word in self._round_words(r, range(n))], m - 1)
-                for r, (m, n) in enumerate(zip(self._moduli, inputs, strict=True))
+                round_table([word % modulus for word in self._round_words(r, range(inputs))], modulus - 1)
+                for r, (modulus, inputs) in enumerate(rounds)
             ]
             self._table_pairs = list(zip(self._tables[0::2], self._tables[1::2], strict=True))
 
     def __call__(self, index: int) -> int:
-        if not 0 <= index < self.size:
-            raise ValueError(f"The index must lie in [0, {self.size}), got {index}.")
+        check_index(index, self.size)
         return self._walk([index])[0]
 
     def many(self, start: int, count: int) -> list[int]:
@@ -79,9 +90,10 @@ class AesRadixPermutation:
 
     def _network(self, values: Sequence[int]) -> list[int]:
         """One pass of the 10 rounds over every value: a value at a time from the tables, else a round at a time."""
-        if self._tables is not None:
-            return [self._encrypt_with_tables(value) for value in values]
         a, b = self.a, self.b
+        if self._tables is not None:
+            pairs = self._table_pairs
+            return [radix_pass_with_tables(value, a, b, pairs) for value in values]
         lefts = [value // b for value in values]
         rights = [value % b for value in values]
         for r in range(0, ROUNDS, 2):
@@ -91,26 +103,16 @@ class AesRadixPermutation:
             rights = [(right + word) % b for right, word in zip(rights, words, strict=True)]
         return [left * b + right for left, right in zip(lefts, rights, strict=True)]
 
-    def _encrypt_with_tables(self, value: int) -> int:
-        a, b = self.a, self.b
-        left, right = divmod(value, b)
-        # An even round gives (right, left'), the odd one after it (left', right'): updated in place.
-        for even, odd in self._table_pairs:
-            left = (left + even[right]) % a
-            right = (right + odd[left]) % b
-        return left * b + right
-
     def _round_words(self, r: int, inputs: Sequence[int]) -> list[int]:
         """F_r(x) before its reduction, for every x of `inputs`: one AES-256 block (x || r) each, in one call."""
         blocks = array("Q", bytes(16 * len(inputs)))
-        if blocks.itemsize != 8:
-            raise RuntimeError("array('Q') is not 64 bits wide on this platform.")
         blocks[0::2] = array("Q", inputs)
         blocks[1::2] = array("Q", [r]) * len(inputs)
-        if sys.byteorder != "little":
+        if not _LITTLE_ENDIAN:
             blocks.byteswap()
-        words = array("Q")
-        words.frombytes(self._cipher.encryptor().update(memoryview(blocks).cast("B")))
-        if sys.byteorder != "little":
+        with self._encryptor_lock:
+            encrypted = self._encryptor.update(memoryview(blocks).cast("B"))
+        words = array("Q", encrypted)
+        if not _LITTLE_ENDIAN:
             words.byteswap()
         return words[0::2].tolist()

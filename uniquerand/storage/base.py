@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-from uniquerand.numbers import NumberKind
+from uniquerand.numbers import NumberKind, NumberSpace
 
 T = TypeVar("T")
 
@@ -74,6 +74,9 @@ class InsufficientRemainingError(StoreError):
 
 class Store(Protocol):
     """A place that issues unique codes of each kind."""
+
+    # The space of each kind, the app's own (the blueprints write a code as its space says).
+    spaces: dict[NumberKind, NumberSpace]
 
     def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
         """`count` distinct codes never issued before, durably recorded before returning."""

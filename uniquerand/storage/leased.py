@@ -1,8 +1,9 @@
 """LeasedCounterStore: /v5's codes are space.low + P(counter), with counters leased in blocks from SQLite.
 
-P is a keyed Feistel permutation of the space's indexes (see `uniquerand.permutation`): the mixed-radix
-network for a new database, the binary one for a database whose counters an earlier release served with it;
-the database records which (see `counter_db.PERMUTATIONS`), so every counter of it is served by the same P.
+P is a keyed Feistel permutation of the space's indexes: the mixed-radix network over AES for a new database
+(`uniquerand.aes_permutation`), an earlier release's network (`uniquerand.permutation`) for a database it
+served; the database records which (see `counter_db.PERMUTATIONS`), so every counter of it is served by
+the same P. The indexes of a block's next counters are computed together (`Leases.take_index`).
 Concurrency: a lease [c, c + n) is one `UPDATE ... RETURNING` statement, so the leases of all processes
 are disjoint; threads of a process take counters from its leases under one thread lock. P is a bijection,
 so distinct counters are distinct codes: no code is ever issued twice.
@@ -93,7 +94,7 @@ class LeasedCounterStore:
         leases = process.leases[kind]
         # A single number from the block being served: the typical request, without the housekeeping below.
         # (`permutation` is set once, under the lock, before any counter of this process is served.) Its
-        # index comes from the window `take_one` computes ahead, a run of counters at a time, under the lock.
+        # index comes from the indexes computed ahead a run of counters at a time (`Leases.take_index`).
         if count == 1 and leases.permutation is not None:
             with process.lock:
                 index = leases.take_one()
@@ -105,9 +106,10 @@ class LeasedCounterStore:
             self._collect_prefetch(leases)
             if leases.available < count:
                 self._top_up(process, kind, leases, count)
-            if count == 1:
-                # Through the window, as on the fast path.
-                indexes, ranges = [leases.take_index()], []
+            if count <= permutation.run_length:
+                # From the runs computed ahead, as on the fast path: a small batch of its own would pay a
+                # run's fixed cost (~30 us with AES) for a few numbers.
+                indexes, ranges = [leases.take_index() for _ in range(count)], []
             else:
                 indexes, ranges = [], leases.take(count)
             if leases.wants_prefetch():
@@ -115,7 +117,7 @@ class LeasedCounterStore:
                 with suppress(RuntimeError):
                     leases.prefetch = self._executor(process).submit(self._lease, process, kind, 1, self.block_size)
         low = self.spaces[kind].low
-        # The permutation is pure, so a batch's runs are computed outside the lock.
+        # The permutation is pure, so a large batch's runs are computed outside the lock.
         indexes.extend(index for start, stop in ranges for index in permutation.many(start, stop - start))
         return [low + index for index in indexes]
 

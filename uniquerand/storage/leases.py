@@ -11,8 +11,6 @@ from uniquerand.permutation import Permutation
 
 # Share of the current block served before the next one is leased in the background.
 PREFETCH_AT = 0.1
-# Counters whose indexes `take_one` computes at a time (~0.7 ms for floats).
-WINDOW = 512
 
 
 @dataclass
@@ -39,10 +37,10 @@ class Leases:
     leased: int = 0
     served: int = 0
     permutation: Permutation | None = None
-    # P(counter) for the counters [window_start, window_start + len(window)) of the block being served,
-    # computed together: a permutation's cost per number falls with the run (one AES call a round for all).
-    window_start: int = 0
-    window: list[int] = field(default_factory=list)
+    # (start, [P(start), P(start + 1), ...]): the indexes of the block's next counters, computed together
+    # (`permutation.run_length` of them): a permutation's cost per number falls with the run (one AES call
+    # a round for all of it). One attribute, so that start and indexes are always replaced together.
+    window: tuple[int, list[int]] = (0, [])
 
     def add(self, block: Block) -> None:
         self.blocks.append(block)
@@ -66,7 +64,7 @@ class Leases:
     def take_one(self) -> int | None:
         """The next counter's index P(counter), when serving it leaves nothing else to do: no lease in flight
         (done or not), no block to finish, no prefetch to start. Otherwise None, with nothing taken: the
-        caller goes through `take`. Requires `permutation`."""
+        caller goes through the store's general path. Requires `permutation`."""
         if self.prefetch is not None or not self.blocks:
             return None
         block = self.blocks[0]
@@ -80,11 +78,11 @@ class Leases:
         cover it. At least one counter must be available. Requires `permutation`."""
         block = self.blocks[0]
         counter = block.position
-        offset = counter - self.window_start
-        if not 0 <= offset < len(self.window):
-            self.window = self.permutation.many(counter, min(WINDOW, block.stop - counter))
-            self.window_start, offset = counter, 0
-        index = self.window[offset]
+        start, indexes = self.window
+        if not 0 <= counter - start < len(indexes):
+            run = min(self.permutation.run_length, block.stop - counter)
+            start, indexes = self.window = (counter, self.permutation.many(counter, run))
+        index = indexes[counter - start]
         block.position = counter + 1
         self.available -= 1
         self.served += 1
