@@ -1,8 +1,9 @@
 """Keyed pseudo-random permutations of [0, N): Feistel networks of 10 keyed BLAKE2b rounds, with cycle-walking.
 
-`RadixFeistelPermutation` (FF1's mixed-radix network) and `BinaryFeistelPermutation` stay, unchanged, for
-the databases that recorded them; new ones get `aes_permutation.AesRadixPermutation` (see `storage.counter_db`).
-Pure computation (no I/O): the same key, size and tweak always give the same permutation.
+`RadixFeistelPermutation` (FF1's alternating-modulus network) and `BinaryFeistelPermutation` stay, unchanged,
+for the databases that recorded them; new ones get `aes_permutation.AesRadixPermutation` (see
+`storage.counter_db`), which shares the `Permutation` protocol, the argument checks and the radix helpers
+defined here. Pure computation (no I/O): the same key, size and tweak always give the same permutation.
 """
 
 from __future__ import annotations
