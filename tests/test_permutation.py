@@ -21,6 +21,9 @@ SIZES = [1, 2, 3, 4, 5, 15, 16, 17, 64, 65, 256, 257, 1000, 1024, 1025, 4096, 40
 # (a * b = N) and the squares + 1 above them, and a * (a - 1) + 1, where a * b - N = a - 1 is the largest
 # part of the domain outside the space (3, 7, 21, 91, 10101, 65281); 4**8 + 1 = 65537 is prime too.
 RADIX_SIZES = [1, 2, 3, 4, 5, 7, 15, 16, 17, 21, 64, 65, 91, 257, 1024, 1025, 10007, 10101, 65281, 65536, 65537]
+# The tweaks /v5 gives the default int and float spaces (kind, low, high, decimals).
+INT_TWEAK = b"int:0:4294967295:0"
+FLOAT_TWEAK = b"float:0:100000000:6"
 PERMUTATION_TYPES = pytest.mark.parametrize(
     "permutation_type",
     [BinaryFeistelPermutation, RadixFeistelPermutation, AesRadixPermutation],
@@ -113,7 +116,7 @@ def reference_aes_permutation(key: bytes, size: int, tweak: bytes, index: int) -
         (10101, b"int", 0, 10101, True),
         (10101, b"int", 0, 10101, False),
         (10**9 + 7, b"int", 10**9 - 200, 200, True),
-        (10**14, b"float:0:100000000:6", 2**40, 200, False),
+        (10**14, FLOAT_TWEAK, 2**40, 200, False),
     ],
 )
 def test_aes_permutation_is_its_definition(size, tweak, start, count, tables):
@@ -137,29 +140,19 @@ def test_tables_of_the_int_space_take_16_bit_words(radix_type):
     ("permutation_type", "size", "tweak", "first"),
     [
         (BinaryFeistelPermutation, 1000, b"", [143, 534, 287, 657]),
-        (BinaryFeistelPermutation, 2**32, b"int:0:4294967295:0", [2142116720, 1279785912, 3650029357, 2969700884]),
+        (BinaryFeistelPermutation, 2**32, INT_TWEAK, [2142116720, 1279785912, 3650029357, 2969700884]),
         (
             BinaryFeistelPermutation,
             10**14,
-            b"float:0:100000000:6",
+            FLOAT_TWEAK,
             [30678772466696, 50845911623898, 40433065275217, 24540365117539],
         ),
         (RadixFeistelPermutation, 1000, b"", [825, 220, 898, 244]),
-        (RadixFeistelPermutation, 2**32, b"int:0:4294967295:0", [503839794, 1716851480, 1341948705, 418418473]),
-        (
-            RadixFeistelPermutation,
-            10**14,
-            b"float:0:100000000:6",
-            [1608349891774, 64770857523061, 91532317277061, 46328162193220],
-        ),
+        (RadixFeistelPermutation, 2**32, INT_TWEAK, [503839794, 1716851480, 1341948705, 418418473]),
+        (RadixFeistelPermutation, 10**14, FLOAT_TWEAK, [1608349891774, 64770857523061, 91532317277061, 46328162193220]),
         (AesRadixPermutation, 1000, b"", [613, 127, 913, 19]),
-        (AesRadixPermutation, 2**32, b"int:0:4294967295:0", [2972905000, 3858644364, 2337238438, 2459609585]),
-        (
-            AesRadixPermutation,
-            10**14,
-            b"float:0:100000000:6",
-            [63354201239443, 71698067540455, 38319973583815, 26879173001476],
-        ),
+        (AesRadixPermutation, 2**32, INT_TWEAK, [2972905000, 3858644364, 2337238438, 2459609585]),
+        (AesRadixPermutation, 10**14, FLOAT_TWEAK, [63354201239443, 71698067540455, 38319973583815, 26879173001476]),
     ],
     ids=[
         "binary-1000",

@@ -89,6 +89,11 @@ class FeistelPermutation(ABC):
         self._round_states = [hashlib.blake2b(context + bytes([r]), key=key, person=person) for r in range(ROUNDS)]
         self._round_copies = [state.copy for state in self._round_states]
 
+    @property
+    def run_length(self) -> int:
+        """How many indexes /v5 computes together with this network (see RUN_WITH_TABLES)."""
+        return RUN_WITH_TABLES if self._tables is not None else RUN_WITH_HASHES
+
     def __call__(self, index: int) -> int:
         """P(index): a single number's whole cost, so without the list and range of `many`."""
         check_index(index, self.size)
@@ -153,7 +158,6 @@ class BinaryFeistelPermutation(FeistelPermutation):
         self._mask = (1 << self.half_bits) - 1
         use_tables = 1 << self.half_bits <= TABLE_MAX_INPUTS if tables is None else tables
         self._tables = [self._round_table(r) for r in range(ROUNDS)] if use_tables else None
-        self.run_length = RUN_WITH_TABLES if use_tables else RUN_WITH_HASHES
 
     def _encrypt_with_tables(self, value: int) -> int:
         bits, mask = self.half_bits, self._mask
@@ -196,7 +200,6 @@ class RadixFeistelPermutation(FeistelPermutation):
         # b <= a: the odd rounds read the wider half.
         use_tables = self.a <= TABLE_MAX_INPUTS if tables is None else tables
         self._tables = [self._round_table(r) for r in range(ROUNDS)] if use_tables else None
-        self.run_length = RUN_WITH_TABLES if use_tables else RUN_WITH_HASHES
         # The network runs as 5 pairs of rounds: an even round's output is the next odd round's input.
         rounds = self._tables if self._tables is not None else self._round_copies
         self._pairs = list(zip(rounds[0::2], rounds[1::2], strict=True))
