@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import hammer
 from tests.v4_support import (
     SHARDS,
@@ -174,3 +176,30 @@ def _numbers(results: list[tuple]) -> list[int]:
         else:
             assert status is None or (status == 503 and body["code"] == "shards_empty"), (status, body)
     return numbers
+
+
+@pytest.mark.parametrize(
+    "worker_class", ["uniquerand.worker.FairGeventWorker", "uniquerand.worker.BalancedThreadWorker"]
+)
+def test_v4_fresh_server_answers_its_first_request_of_each_type(make_server, instance_path, worker_class):
+    # Default pool sizes: the workers top up the empty pools as they start, before they serve.
+    server = make_server(env={"UNIQUERAND_WORKER_CLASS": worker_class}, workers=3, threads=2)
+    for path, kind in [("/v4/random?type=float", float), ("/v4/random", int)]:
+        status, body, _ = server.get(path)
+        assert status == 200, body
+        assert type(body["number"]) is kind
+    types = server.get("/v4/stats")[1]["types"]
+    for kind, served in [("int", 1), ("float", 1)]:
+        shards = types[kind]["shards"]
+        assert sum(shard["served"] for shard in shards.values()) == served
+        # Each shard was filled once, by one worker: the others found it full.
+        assert sorted(shard["last_refill"]["added"] for shard in shards.values()) == [10000, 10000]
+
+
+def test_v4_server_started_on_low_pools_tops_them_up_before_serving(make_server, filled_shards):
+    settings = {"V4_SHARD_SIZE": 1000, "V4_REFILL_AT": 900, "MAX_COUNT": 1000}
+    filled_shards(100, **settings)  # as a server stopped with its pools low leaves them
+    server = make_server(env={f"UNIQUERAND_{key}": str(value) for key, value in settings.items()}, workers=2)
+    status, body, _ = server.get("/v4/random?count=1000")
+    assert status == 200, body
+    assert len(set(body["numbers"])) == 1000

@@ -119,8 +119,8 @@ STAGES: tuple[Stage, ...] = (
 
 def prepare_stores(app) -> None:
     """Builds at a worker's start what its first requests would otherwise wait for (gunicorn.conf.py's
-    post_worker_init): today /v5's key and permutation tables. A store that cannot be prepared is left to
-    answer its requests with the usual JSON error."""
+    post_worker_init): /v5's key and permutation tables, /v4's empty or low pools. A store that cannot be
+    prepared is left to answer its requests with the usual JSON error."""
     for name, store in app.extensions["uniquerand"]["stores"].items():
         prepare = getattr(store, "prepare", None)
         if prepare is None:

@@ -228,6 +228,21 @@ class ShardedSqliteStore:
 
     # -- refilling ------------------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """At a worker's start, before it serves (gunicorn.conf.py's post_worker_init): tops up every shard
+        below the refill mark, so that a fresh server's first requests find numbers instead of the "being
+        refilled" 503. A server's workers start together: one refills each shard while the others wait for
+        its refill lock, then find the shard full. A lock held past LOCK_TIMEOUT leaves the shard to the
+        background refill."""
+        for kind in KINDS:
+            for name in shard_names(kind):
+                with self._files.translated_errors(name):
+                    if count_available(self._connection(name)) >= self.refill_at:
+                        continue
+                if self.refill(name, self.shard_size, wait=self.lock_timeout) is None:
+                    self._schedule_refill(name)
+
+
     def _schedule_refill(self, name: str) -> None:
         state = self._state()
         with state.guard:
