@@ -47,7 +47,8 @@ def json_error_pages():
 
     def write_json_error(sock, status_int, reason, mesg):
         code = reason.lower().replace(" ", "_")
-        body = json.dumps({"error": mesg or reason, "code": code})
+        # The bytes jsonify writes for the same object outside debug mode, as the app's own errors are.
+        body = json.dumps({"error": mesg or reason, "code": code}, separators=(",", ":"), sort_keys=True) + "\n"
         head = (
             f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Cache-Control: no-store\r\nContent-Length: {len(body)}\r\n\r\n"

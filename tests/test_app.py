@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import runpy
+
 import pytest
 from flask import jsonify
 
+from tests.support import REPO
 from uniquerand.blueprints.common import numbers_response
 
 STAGES = ["v1", "v2", "v3"]
@@ -213,6 +216,47 @@ def test_wrong_method_is_a_json_405_with_allow(client):
     response = client.post("/v3/random")
     assert_json_error(response, 405)
     assert "GET" in response.headers["Allow"]
+
+
+# The bodies whose text is this project's own are pinned whole; werkzeug words the 404 and the 405.
+COMPACT_ERRORS = [
+    ("GET", "/hello", 404, None),
+    ("DELETE", "/v2/random", 405, None),
+    ("GET", "/v2/random?type=decimal", 422,
+     b'{"allowed":["int","float"],"code":"invalid_parameter","error":"Invalid \'type\': it must be one of int, '
+     b'float.","parameter":"type"}\n'),
+    ("GET", "/v3/random?count=3", 503,
+     b'{"code":"insufficient_remaining","error":"Asked for 3 numbers but only 2 remain in the space.",'
+     b'"remaining":2,"requested":3}\n'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path", "status", "expected"), COMPACT_ERRORS)
+def test_error_bodies_are_compact_as_jsonify_writes_them(make_app, method, path, status, expected):
+    """One JSON style: error bodies are written as success bodies are (jsonify outside debug mode)."""
+    app = make_app(INT_MIN=1, INT_MAX=2)
+    response = app.test_client().open(path, method=method)
+    assert_json_error(response, status)
+    body = response.get_data()
+    assert b'": ' not in body and b'", ' not in body, body
+    with app.test_request_context("/"):
+        assert body == jsonify(response.get_json()).get_data()
+    if expected is not None:
+        assert body == expected
+
+
+def test_gunicorns_own_error_pages_are_compact_as_jsonify_writes_them(monkeypatch):
+    """What gunicorn refuses before the app sees it (gunicorn.conf.py's `json_error_pages`), in the same style."""
+    from gunicorn import util
+
+    sent: list[bytes] = []
+    monkeypatch.setattr(util, "write_error", util.write_error)  # restored after the test: the hook replaces it
+    monkeypatch.setattr(util, "write_nonblock", lambda sock, data: sent.append(data))
+    runpy.run_path(str(REPO / "gunicorn.conf.py"))["json_error_pages"]()
+    util.write_error(None, 414, "URI Too Long", "")
+    head, _, body = sent[0].partition(b"\r\n\r\n")
+    assert body == b'{"code":"uri_too_long","error":"URI Too Long"}\n'
+    assert b"Content-Type: application/json\r\n" in head and f"Content-Length: {len(body)}".encode() in head
 
 
 def test_unhandled_fault_is_a_generic_json_500(app, caplog):

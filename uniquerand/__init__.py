@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 
 from uniquerand import cli, logs
 from uniquerand import config as settings
@@ -44,7 +44,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+# The files of the docs page: Flask sends them with an ETag, so a browser revalidates its copy instead of
+# fetching Swagger UI's bundle again on every visit.
+_FILE_ENDPOINTS = frozenset({"static", "docs.static"})
+
+
 def _never_cache(response):
     # A cached number would be served twice; no response of this API may be reused.
-    response.headers["Cache-Control"] = "no-store"
+    if request.endpoint not in _FILE_ENDPOINTS:
+        response.headers["Cache-Control"] = "no-store"
     return response

@@ -55,7 +55,8 @@ def handle_http_exception(error: HTTPException):
     response = error.get_response()
     body = {"error": error.description, "code": getattr(error, "extra", {}).get("code", _slug(error))}
     body.update(getattr(error, "extra", {}))
-    response.set_data(current_app.json.dumps(body))
+    # jsonify's bytes (compact outside debug mode), like every other body of this API.
+    response.set_data(jsonify(body).get_data())
     response.content_type = "application/json"
     return response
 
