@@ -6,9 +6,9 @@ bind = os.environ.get("UNIQUERAND_BIND", "127.0.0.1:8000")
 # gevent: each request is a greenlet, so a worker serves on while requests wait for a store's lock or
 # fsync, and handing a request to a store's writer and back costs a greenlet switch, not a thread switch.
 # The stores run every wait that blocks in the kernel (flock, fsync, SQLite's busy handler) on a real
-# thread (uniquerand/storage/native.py). gunicorn's gevent worker, yielding after each request so that one
+# thread (uniquerand/storage/runtime.py). gunicorn's gevent worker, yielding after each request so that one
 # fast keep-alive client cannot hold a worker (uniquerand/worker.py). `uniquerand.worker.BalancedThreadWorker`
-# is the thread worker this project used before (see README, Configuration).
+# is the thread worker this project used before (see docs/workers.md).
 worker_class = os.environ.get("UNIQUERAND_WORKER_CLASS", "uniquerand.worker.FairGeventWorker")
 worker_connections = 1000
 workers = int(os.environ.get("UNIQUERAND_WORKERS", "4"))

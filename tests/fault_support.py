@@ -14,7 +14,7 @@ import filelock
 
 from tests.support import v3_codes
 from tests.v4_support import rows as read_rows
-from uniquerand.storage.counter_db import PERMUTATIONS
+from uniquerand.storage.keyfile import PERMUTATIONS
 
 # Small spaces, so that a store that loses an update repeats a number at once; small shards and leases,
 # so that refills and leases happen all through the load.

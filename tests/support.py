@@ -17,6 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The stages `uniquerand.stages.build_stages` serves, for parametrizing tests before any app exists.
+STAGE_NAMES = ("v1", "v2", "v3", "v4", "v5")
+
+
+def v5_store(folder: Path, spaces: dict, block_size: int, lock_timeout: float = 10.0):
+    """/v5's store on SQLite in `folder`, as `uniquerand.stages.build_stages` makes it."""
+    from uniquerand.storage.leased import LeasedCounterStore
+    from uniquerand.storage.sqlite.counters import SqliteCounters
+
+    counters = SqliteCounters(Path(folder), spaces, label="v5", lock_timeout=lock_timeout)
+    return LeasedCounterStore(spaces, counters, label="v5", block_size=block_size, lock_timeout=lock_timeout)
 
 
 def v3_codes(database: Path, kind: str) -> set[int]:

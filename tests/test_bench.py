@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import STAGE_NAMES
 from uniquerand.bench.results import Ledger, Row, median_rows
-from uniquerand.stages import STAGES
 
 SMALL = [
     *("--duration", "1", "--warmup", "0", "--baseline", "once"),
@@ -50,7 +50,7 @@ def test_bench_measures_every_stage_after_a_prefill(runner, tmp_path):
     # --baseline once: every row divides by the level's /healthz row.
     assert {row["healthz_ok_per_s"] for row in rows} == {rows[0]["ok_per_s"]}
     assert all(row["healthz_around"] is None for row in rows)
-    assert {f"/{stage.name} int" for stage in STAGES} <= set(labels)
+    assert {f"/{stage} int" for stage in STAGE_NAMES} <= set(labels)
     assert "/v3 int x3" in labels and "/v1 int x3" not in labels  # /v1 takes no count
     for row in rows:
         assert row["prefill"] == 20

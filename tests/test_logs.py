@@ -7,8 +7,8 @@ import shlex
 
 import pytest
 
+from tests.support import STAGE_NAMES
 from uniquerand.logs import LogfmtFormatter, event
-from uniquerand.stages import STAGES
 
 
 @pytest.fixture
@@ -55,9 +55,9 @@ def test_store_errors_are_logged_as_events(make_app, records):
 def test_no_served_number_appears_in_the_logs(make_app, records):
     client = make_app(INT_MIN=10**9, INT_MAX=10**9 + 200).test_client()
     served = []
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         for _ in range(30):
-            response = client.get(f"/{stage.name}/random")
+            response = client.get(f"/{stage}/random")
             if response.status_code == 200:
                 served.append(str(response.get_json()["number"]))
     event(logging.getLogger("uniquerand.test"), "marker", fields_seen=len(served))

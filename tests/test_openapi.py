@@ -20,7 +20,8 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from uniquerand.stages import STAGES
+from tests.support import STAGE_NAMES
+from uniquerand.stages import Sources
 
 
 def conforms(document: dict, component: str, body: object) -> bool:
@@ -67,8 +68,8 @@ def test_every_route_and_its_methods_are_documented(app, document):
     }
     documented = {path: {method.upper() for method in item} for path, item in document["paths"].items()}
     assert documented == routes
-    for stage in STAGES:
-        assert {f"/{stage.name}/random", f"/{stage.name}/stats"} <= documented.keys()
+    for stage in STAGE_NAMES:
+        assert {f"/{stage}/random", f"/{stage}/stats"} <= documented.keys()
 
 
 def test_v1_type_is_lenient_and_takes_no_count(document):
@@ -78,7 +79,7 @@ def test_v1_type_is_lenient_and_takes_no_count(document):
     assert "422" not in operation["responses"]
 
 
-@pytest.mark.parametrize("stage", [stage.name for stage in STAGES if stage.name != "v1"])
+@pytest.mark.parametrize("stage", [stage for stage in STAGE_NAMES if stage != "v1"])
 def test_validating_stages_document_type_count_and_422(make_app, stage):
     document = make_app(MAX_COUNT=7).test_client().get("/openapi.json").json
     operation = document["paths"][f"/{stage}/random"]["get"]
@@ -98,15 +99,11 @@ def test_validating_stages_document_type_count_and_422(make_app, stage):
 def test_a_stage_registered_later_is_documented_from_its_fields(app):
     from uniquerand.openapi import build_document
 
-    shard = {"shard": {"type": "string"}}
+    stages = app.extensions["uniquerand"]["stages"]
     later = replace(
-        STAGES[-1],
-        name="v9",
-        description="A later stage.",
-        extra_response_properties=shard,
-        extra_batch_properties={"shards": {"type": "array"}},
+        stages[-1], name="v9", description="A later stage.", sources=Sources("shard", "shards", {"type": "string"})
     )
-    app.extensions["uniquerand"]["stages"] = (*STAGES, later)
+    app.extensions["uniquerand"]["stages"] = (*stages, later)
     document = build_document(app)
     assert {"/v9/random", "/v9/stats"} <= document["paths"].keys()
     assert {"name": "v9", "description": "A later stage."} in document["tags"]

@@ -60,7 +60,7 @@ def test_v4_claims_follow_the_draw_order_not_the_code_order(make_app, instance_p
     app = make_app(V4_SHARD_SIZE=1000)
     assert app.test_cli_runner().invoke(args=["init-shards"]).exit_code == 0
     store = app.extensions["uniquerand"]["stores"]["v4"]
-    served = [store.claim("int")[0] for _ in range(200)]
+    served = [(issued.codes[0], issued.sources[0]) for issued in (store.issue("int") for _ in range(200))]
     for name in SHARDS["int"]:
         from_shard = [code for code, shard in served if shard == name]
         assert from_shard == shard_codes(instance_path / "v4", name)[: len(from_shard)]
@@ -81,8 +81,8 @@ def test_v4_batch_spans_both_shards_of_a_small_space(make_app):
     app = make_app(INT_MIN=1, INT_MAX=50, MAX_COUNT=30, V4_SHARD_SIZE=30, V4_REFILL_AT=0)
     store = app.extensions["uniquerand"]["stores"]["v4"]
     # 30 + 20 numbers in the two shards: two batches of 25 cannot both come from one shard.
-    assert store.refill("int_shard_0.db", 30).added == 30
-    assert store.refill("int_shard_1.db", 30).added == 20
+    assert store.refiller.refill("int_shard_0.db", 30).added == 30
+    assert store.refiller.refill("int_shard_1.db", 30).added == 20
     client = app.test_client()
     batches = [client.get("/v4/random?count=25").json for _ in range(2)]
     assert sorted(number for batch in batches for number in batch["numbers"]) == list(range(1, 51))
@@ -119,7 +119,7 @@ def test_v4_single_numbers_fall_back_to_the_other_shard_when_the_drawn_one_is_em
     # Single claims are grouped per type, each group in a shard drawn at random: about half of them draw
     # int_shard_0, which never gets a number here (the ledger is full), and must be served by int_shard_1.
     app = make_app(INT_MIN=1, INT_MAX=60, V4_SHARD_SIZE=60, MAX_COUNT=10)
-    app.extensions["uniquerand"]["stores"]["v4"].refill("int_shard_1.db", 60)
+    app.extensions["uniquerand"]["stores"]["v4"].refiller.refill("int_shard_1.db", 60)
     client = app.test_client()
     responses = [client.get("/v4/random") for _ in range(60)]
     assert [response.status_code for response in responses] == [200] * 60

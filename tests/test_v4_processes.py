@@ -108,7 +108,7 @@ def test_v4_a_refill_killed_mid_way_leaves_no_number_in_two_places(instance_path
     # Reserved-but-never-pooled numbers are lost, not re-issued: later refills draw around them.
     store = make_store(str(instance_path), settings)
     served = set(claim_retrying(store, "int", 10))
-    assert store.refill("int_shard_1.db", 5000, wait=10) is not None
+    assert store.refiller.refill("int_shard_1.db", 5000, wait=10) is not None
     assert_files_consistent(folder, "int")
     unused = {code for name in SHARDS["int"] for code in shard_codes(folder, name, used=0)}
     assert not served & unused

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, v5_store
 from tests.v4_support import rows
 from uniquerand import create_app
 from uniquerand.aes_permutation import AesRadixPermutation
 from uniquerand.config import ConfigError
 from uniquerand.permutation import BinaryFeistelPermutation, RadixFeistelPermutation
-from uniquerand.storage.leased import LeasedCounterStore
 from uniquerand.storage.leases import Block, Leases
 
 SMALL = {"INT_MIN": 1, "INT_MAX": 50, "V5_BLOCK_SIZE": 1000}
@@ -207,7 +206,7 @@ def test_v5_same_key_and_counter_same_numbers_other_key_other_numbers(tmp_path):
         return app.test_client().get("/v5/random?count=100").json["numbers"]
 
     first = batch(tmp_path / "a")
-    # A copy of the folder is a backup: restoring it is the one way to re-issue numbers (see README).
+    # A copy of the folder is a backup: restoring it is the one way to re-issue numbers (see docs/operations.md).
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
     from_original, from_copy = batch(tmp_path / "a"), batch(tmp_path / "copy")
     other_key = batch(tmp_path / "b")
@@ -368,17 +367,16 @@ def _spaces():
 
 
 def start_and_report_key(folder: str, barrier, queue) -> None:
-    store = LeasedCounterStore(folder, _spaces(), label="v5", block_size=10, lock_timeout=10)
+    store = v5_store(Path(folder), _spaces(), block_size=10)
     # Open the database first, so that the processes meet where the key is created.
-    with store._database(store._process):
-        pass
+    store.counters.remaining("int")
     barrier.wait(timeout=20)
     try:
-        numbers = store.issue("int", 5)
+        numbers = store.issue("int", 5).codes
     except Exception as err:
         queue.put((repr(err), []))
         raise
-    queue.put((hashlib.sha256(store._process.key).hexdigest(), numbers))
+    queue.put((hashlib.sha256(store._process.get().key).hexdigest(), numbers))
 
 
 def test_v5_processes_racing_at_first_start_share_one_key(tmp_path):
@@ -402,10 +400,11 @@ def test_v5_processes_racing_at_first_start_share_one_key(tmp_path):
 
 SERVE_AND_EXIT = """
 import sys
+from pathlib import Path
+from tests.support import v5_store
 from uniquerand.numbers import NumberSpace
-from uniquerand.storage.leased import LeasedCounterStore
 spaces = {"int": NumberSpace("int", 1, 100_000), "float": NumberSpace("float", 0, 999, 3)}
-LeasedCounterStore(sys.argv[1], spaces, label="v5", block_size=100, lock_timeout=10).issue("int", 3)
+v5_store(Path(sys.argv[1]), spaces, block_size=100).issue("int", 3)
 """
 
 
@@ -413,22 +412,22 @@ def test_v5_clean_exit_records_the_unserved_rest_as_skipped(tmp_path):
     # A plain interpreter exit, as a gunicorn worker's: multiprocessing children skip atexit.
     subprocess.run([sys.executable, "-c", SERVE_AND_EXIT, str(tmp_path / "v5")], cwd=REPO, check=True, timeout=30)
 
-    stats = LeasedCounterStore(tmp_path / "v5", _spaces(), label="v5", block_size=100, lock_timeout=10).stats()
+    stats = v5_store(tmp_path / "v5", _spaces(), block_size=100).stats()
 
     assert stats["int"]["counter"] == 100
     assert stats["int"]["skipped"] == 97
     assert stats["int"]["unaccounted"] == 0
 
 
-def issue_into(store: LeasedCounterStore, queue) -> None:
+def issue_into(store, queue) -> None:
     # One at a time: the child's first number takes the general path (it has no lease), the rest the
     # single-number one.
-    queue.put([store.issue("int", 1)[0] for _ in range(5)])
+    queue.put([store.issue("int", 1).codes[0] for _ in range(5)])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_v5_forked_child_never_serves_its_parents_lease(tmp_path):
-    store = LeasedCounterStore(tmp_path / "v5", _spaces(), label="v5", block_size=100, lock_timeout=10)
+    store = v5_store(tmp_path / "v5", _spaces(), block_size=100)
     store.issue("int", 1)
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
@@ -438,7 +437,7 @@ def test_v5_forked_child_never_serves_its_parents_lease(tmp_path):
     child.join(timeout=30)
     assert child.exitcode == 0
 
-    from_parent = store.issue("int", 99)
+    from_parent = store.issue("int", 99).codes
 
     assert not set(from_child) & set(from_parent)
 

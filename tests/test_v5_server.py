@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.support import hammer
+from tests.support import hammer, v5_store
 from uniquerand.numbers import NumberSpace
-from uniquerand.storage.leased import LeasedCounterStore
 
 
 def numbers_of(results: list[tuple]) -> list:
@@ -24,7 +23,7 @@ def small_space_env(high: int, block: int) -> dict[str, str]:
 
 def stats_after_stop(instance_path, high: int) -> dict:
     spaces = {"int": NumberSpace("int", 1, high), "float": NumberSpace("float", 0, 10**14 - 1, 6)}
-    return LeasedCounterStore(instance_path / "v5", spaces, label="v5", block_size=1, lock_timeout=10).stats()["int"]
+    return v5_store(instance_path / "v5", spaces, block_size=1).stats()["int"]
 
 
 def test_v5_server_workers_never_share_a_number(make_server, instance_path):

@@ -2,7 +2,7 @@
 
 gunicorn's gevent worker (the project's default) serves every request of a worker on one OS thread: a wait
 that blocks in the kernel there (a flock, SQLite's busy handler) would stop every other request of the
-worker until it ended. The stores run those waits on real threads (uniquerand/storage/native.py). Here
+worker until it ended. The stores run those waits on real threads (uniquerand/storage/runtime.py). Here
 another process holds the lock a stage's writer takes, on a server of one worker: the stage answers 503
 `store_busy` after LOCK_TIMEOUT, and meanwhile the same worker answers /healthz and the other stages at once.
 The /v3, /v4 and /v5 cases fail with those waits on the event loop's thread (checked). /v1 runs on the

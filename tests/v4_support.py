@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from uniquerand import create_app
-from uniquerand.storage.base import ShardsEmptyError
+from uniquerand.storage.contract import ShardsEmptyError
 
 SHARDS = {"int": ["int_shard_0.db", "int_shard_1.db"], "float": ["float_shard_0.db", "float_shard_1.db"]}
 
@@ -45,7 +45,7 @@ def claim_retrying(store, kind: str, count: int = 1, deadline: float = 20.0) -> 
     end = time.monotonic() + deadline
     while True:
         try:
-            return store.issue(kind, count)
+            return store.issue(kind, count).codes
         except ShardsEmptyError:
             if time.monotonic() > end:
                 raise
@@ -68,9 +68,9 @@ def refill_shards(instance: str, settings: dict, names: list[str], target: int, 
     store = make_store(instance, settings)
     start.wait(30)
     for name in names:
-        assert store.refill(name, target, wait=30.0) is not None
+        assert store.refiller.refill(name, target, wait=30.0) is not None
 
 
 def refill_forever(instance: str, settings: dict, target: int) -> None:
     """Process target: a long refill, to be killed mid-way."""
-    make_store(instance, settings).refill("int_shard_0.db", target, wait=30.0)
+    make_store(instance, settings).refiller.refill("int_shard_0.db", target, wait=30.0)

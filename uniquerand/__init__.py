@@ -16,7 +16,8 @@ from uniquerand.numbers import spaces_from_config
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Builds the app: defaults, then UNIQUERAND_* variables, then `test_config`, then validation."""
     from uniquerand.blueprints import docs, index
-    from uniquerand.stages import STAGES
+    from uniquerand.blueprints.stage import stage_blueprint
+    from uniquerand.stages import build_stages
 
     app = Flask(__name__)
     app.config.from_mapping(settings.DEFAULTS, INSTANCE_PATH=app.instance_path)
@@ -26,20 +27,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings.validate(app.config)
     logs.configure(app.config["LOG_LEVEL"])
 
-    instance = Path(app.config["INSTANCE_PATH"])
     spaces = spaces_from_config(app.config)
+    stages = build_stages(Path(app.config["INSTANCE_PATH"]), spaces, app.config)
     app.extensions["uniquerand"] = {
         "spaces": spaces,
-        "stages": STAGES,
-        "stores": {stage.name: stage.create_store(instance / stage.name, spaces, app.config) for stage in STAGES},
+        "stages": stages,
+        "stores": {stage.name: stage.store for stage in stages},
     }
 
     register_error_handlers(app)
     app.after_request(_never_cache)
     app.register_blueprint(index.bp)
     app.register_blueprint(docs.bp)
-    for stage in STAGES:
-        app.register_blueprint(stage.blueprint)
+    for stage in stages:
+        app.register_blueprint(stage_blueprint(stage))
     cli.register(app)
     return app
 

@@ -24,7 +24,8 @@ from uniquerand.permutation import (
     round_table,
 )
 
-# The indexes computed together when the rounds encrypt: ~0.65 ms for the floats' 512, ~1.2 us a number.
+# The indexes computed together when the rounds encrypt: a run shares one AES call per round, and still
+# takes well under a millisecond (it is computed under /v5's process lock).
 RUN_WITH_AES = 512
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -39,8 +40,8 @@ class AesRadixPermutation:
     PRF of (r, x) for each space. Reduced mod m_r (a bias under 2**-37).
 
     Spaces of up to 2**32 use round tables, as the BLAKE2b networks do; wider ones (the floats) encrypt a
-    round's inputs for a whole run of indexes in one AES call (`many`): ~1.2-1.3 us a number in runs of
-    512-1000, where 10 BLAKE2b calls from Python take ~7 (a run of one: ~30 us).
+    round's inputs for a whole run of indexes in one AES call (`many`): the call's fixed cost is shared by
+    the run, where the BLAKE2b networks pay a Python call per round and number.
     """
 
     def __init__(self, key: bytes, size: int, tweak: bytes = b"", *, tables: bool | None = None) -> None:

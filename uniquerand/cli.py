@@ -10,7 +10,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from uniquerand.storage.base import StoreError
+from uniquerand.storage.contract import StoreError
 
 # Fills at least this large report their progress after every chunk.
 PROGRESS_FROM = 100_000

@@ -9,7 +9,7 @@ from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, UnprocessableEntity
 
 from uniquerand.logs import event
-from uniquerand.storage.base import (
+from uniquerand.storage.contract import (
     InsufficientRemainingError,
     RetriesExhaustedError,
     ShardsEmptyError,

@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document of the whole API, built from the registered stages, the config and the error
-table of `uniquerand.errors`: a stage added to `uniquerand.stages.STAGES` is documented without editing this."""
+table of `uniquerand.errors`: a stage added to `uniquerand.stages.build_stages` is documented without editing this."""
 
 from __future__ import annotations
 

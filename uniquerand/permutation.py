@@ -2,7 +2,7 @@
 
 `RadixFeistelPermutation` (FF1's alternating-modulus network) and `BinaryFeistelPermutation` stay, unchanged,
 for the databases that recorded them; new ones get `aes_permutation.AesRadixPermutation` (see
-`storage.counter_db`), which shares the `Permutation` protocol, the argument checks and the radix helpers
+`storage.keyfile`), which shares the `Permutation` protocol, the argument checks and the radix helpers
 defined here. Pure computation (no I/O): the same key, size and tweak always give the same permutation.
 """
 
@@ -32,8 +32,8 @@ _WORD64 = struct.Struct("<Q")
 
 
 # How many indexes /v5 computes together (see `storage.leases`): a run's fixed cost shared by many numbers,
-# under a millisecond in all (tables ~1 us a number; hashed BLAKE2b rounds ~7 us, 2.8 passes for the binary
-# network's floats).
+# under a millisecond in all, since it is computed under /v5's process lock (hashed rounds cost far more per
+# number than tables, hence shorter runs).
 RUN_WITH_TABLES = 512
 RUN_WITH_HASHES = 32
 

@@ -6,9 +6,9 @@ connections than it has threads.
 
 gunicorn's gthread worker accepts every connection it can poll, and a keep-alive connection stays with the
 worker that accepted it for its whole life. Clients that connect together (a pool of keep-alive
-clients, a load balancer's connections) are accepted by whichever worker the scheduler runs first: 24 of
-32 connections landed on one of four workers here. A request that waits on a store (an fsync of /v3 or
-/v4) holds its thread, so that worker queues requests behind its 4 threads while the others sit idle.
+clients, a load balancer's connections) are accepted by whichever worker the scheduler runs first, often
+most of them by one worker. A request that waits on a store (an fsync of /v3 or /v4) holds its thread, so
+that worker queues requests behind its threads while the others sit idle.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class BalancedThreadWorker(ThreadWorker):
     is served. So a worker that just took its share of a burst of connections leaves the rest in the
     listen queue for the other workers. Requests of kept-alive connections do not
     count: under a steady load every thread serves them, and counting them would leave a new connection
-    in the queue until a thread happens to be free when the worker looks (up to 1.6 s here)."""
+    in the queue until a thread happens to be free when the worker looks, which can take seconds."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -64,10 +64,9 @@ class FairGeventWorker(GeventWorker):
 
     A keep-alive connection is served by one greenlet in a loop: answer, read the next request, answer. When
     the client's next request is already in the socket (a fast client, or pipelining), nothing in that loop
-    waits, so the greenlet never yields and the worker's other connections wait until it does: with 32 wrk
-    connections, /healthz answered half its requests within 4.4 ms and one in ten after 31-58 ms. A short
-    sleep after each request puts the greenlet behind the others that are ready: p90 9-10 ms, p99 14-15 ms,
-    at the same rate (README, Configuration)."""
+    waits, so the greenlet never yields and the worker's other connections wait until it does: a long tail
+    of slow answers under many keep-alive connections. A short sleep after each request puts the greenlet
+    behind the others that are ready, which cuts the tail at the same rate (measured in docs/workers.md)."""
 
     def handle_request(self, listener_name, req, sock, addr) -> None:
         super().handle_request(listener_name, req, sock, addr)

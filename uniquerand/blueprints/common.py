@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
 
@@ -11,33 +13,35 @@ from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 JSON_MIMETYPE = "application/json"
 
 
-def store(name: str):
-    """The store of the named stage, built by `create_app`."""
-    return current_app.extensions["uniquerand"]["stores"][name]
-
-
-def lenient_type() -> NumberKind:
-    """The simple server's documented rule: `type=float` (any case) means float, anything else int."""
-    value = request.args.get("type", "")
-    return "float" if value.lower() == "float" else "int"
-
-
 # The most common query strings, answered without parsing them into a MultiDict (a quarter of a fast
-# stage's own cost); any other form, `TYPE=Int` or `type=int&count=5` say, takes the general path.
+# stage's own cost), with the same answer under either rule for `type`; any other form, `TYPE=Int` or
+# `type=int&count=5` say, takes the general path.
 _SINGLE_NUMBER_QUERIES: dict[bytes, tuple[NumberKind, None]] = {
     b"": ("int", None),
     b"type=int": ("int", None),
     b"type=float": ("float", None),
 }
+RandomRequest = Callable[[], tuple[NumberKind, int | None]]
 
 
-def random_request() -> tuple[NumberKind, int | None]:
-    """The validated `type` (default `int`) and `count` (None: a single number) of a /random request."""
-    common = _SINGLE_NUMBER_QUERIES.get(request.query_string)
-    if common is not None:
-        return common
-    args = request.args
-    return _strict_type(args), _batch_count(args)
+def random_request_reader(lenient_type: bool, accepts_count: bool) -> RandomRequest:
+    """What a stage reads from a /random request: the `type` (default `int`) and `count` (None: a single
+    number). `lenient_type`: the simple server's rule, `type=float` (any case) means float and anything else
+    int, never a 422; else `type` must be `int` or `float`. Without `accepts_count`, `count` is ignored."""
+    read_type = _lenient_type if lenient_type else _strict_type
+
+    def read() -> tuple[NumberKind, int | None]:
+        common = _SINGLE_NUMBER_QUERIES.get(request.query_string)
+        if common is not None:
+            return common
+        args = request.args
+        return read_type(args), _batch_count(args) if accepts_count else None
+
+    return read
+
+
+def _lenient_type(args: MultiDict) -> NumberKind:
+    return "float" if args.get("type", "").lower() == "float" else "int"
 
 
 def _single_param(args: MultiDict, name: str) -> str | None:
@@ -74,11 +78,11 @@ def _batch_count(args: MultiDict) -> int | None:
     return int(value)
 
 
-def numbers_response(space: NumberSpace, codes: list[int], batch: bool = False, **extra):
-    """`{"number": n}` for a single number, `{"numbers": [...]}` for a batch, with `extra`'s fields. `space` is
-    the store's own (`store.spaces[kind]`): the app's, with no second lookup through `current_app`."""
+def numbers_response(space: NumberSpace, codes: list[int], count: int | None = None, **extra):
+    """`{"number": n}` for a single number (`count` None), `{"numbers": [...]}` for a batch, with `extra`'s
+    fields. `space` is the store's own (`store.spaces[kind]`)."""
     to_json_value = space.to_json_value
-    if batch:
+    if count is not None:
         return jsonify({"numbers": [to_json_value(code) for code in codes], **extra})
     if extra:  # /v4's shard names: jsonify encodes strings
         return jsonify({"number": to_json_value(codes[0]), **extra})
@@ -88,11 +92,7 @@ def numbers_response(space: NumberSpace, codes: list[int], batch: bool = False, 
 
 def json_text_response(text: str):
     """A response of JSON the caller wrote: the bytes and headers jsonify gives for the same object outside
-    debug mode (compact), without its encoder and provider, 3.7 us where jsonify takes 9. For the hot
-    paths: /vN/random's single numbers and the benchmark's baseline, `/healthz`, so that neither pays for
-    a cost the other does not (tests/test_app.py compares them with jsonify)."""
+    debug mode (compact), without its encoder and provider, which cost more than the rest of the write. For
+    the hot paths: /vN/random's single numbers and the benchmark's baseline, `/healthz`, so that neither
+    pays for a cost the other does not (tests/test_app.py compares them with jsonify)."""
     return current_app.response_class(text, mimetype=JSON_MIMETYPE)
-
-
-def stats_response(name: str):
-    return jsonify({"stage": name, "types": store(name).stats()})

@@ -15,7 +15,7 @@ def index():
         {
             "prefix": f"/{stage.name}",
             "description": stage.description,
-            "store": stage.store,
+            "store": stage.store_description,
             "links": {
                 "random": url_for(f"{stage.name}.random_number"),
                 "random_float": url_for(f"{stage.name}.random_number", type="float"),

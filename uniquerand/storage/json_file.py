@@ -1,29 +1,29 @@
-"""JsonFileStore: every issued code in one JSON file, as the simple server of the design keeps them.
+"""JsonFileStore: every issued code in one JSON file, as the simple server of the design keeps them (/v1, /v2).
 
-Concurrency: one `filelock` lock file serialises every process. Within a process, the requests that
-arrive together are served as one batch (one read, one write) by whichever thread holds the thread
-lock. Every batch re-reads the file under the lock, so another process's writes are always seen.
-Durability: the file is rewritten atomically (temp file, fsync, os.replace, fsync of the folder)
-before a code is returned, so a crash at any instant leaves the old file or the new one.
-A file that cannot be parsed is never overwritten: the store fails closed. Cost: O(n) per batch.
+Concurrency: one `filelock` lock file serialises every process; within a process, the requests that arrive
+together are served as one group (one read, one write) by the group committer (`group_commit`), on gevent's
+event loop under the gevent worker: the file lock's wait polls with `time.sleep`, which gevent makes
+cooperative. Every group re-reads the file under the lock, so another process's writes are always seen.
+Durability: the file is rewritten atomically (temp file, fsync, os.replace, fsync of the folder) before a
+code is returned, so a crash at any instant leaves the old file or the new one.
+A file that cannot be parsed is never overwritten: the store fails closed. Cost: O(n) per group.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import filelock
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
-from uniquerand.storage.base import (
-    PerProcess,
+from uniquerand.storage import runtime
+from uniquerand.storage.contract import (
+    Issued,
+    Prefilling,
+    Store,
     StoreBusyError,
     StoreCorruptError,
     StoreError,
@@ -31,31 +31,104 @@ from uniquerand.storage.base import (
     os_failure,
 )
 from uniquerand.storage.durable import fsync_path
+from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.picking import pick_unused
 
 FILE_NAME = "used_numbers.json"
 FORMAT = "uniquerand-json-v1"
 
 
-@dataclass
-class _ProcessState:
-    file_lock: filelock.FileLock
-    thread_lock: threading.Lock = field(default_factory=threading.Lock)
-    queue_lock: threading.Lock = field(default_factory=threading.Lock)
-    queue: list[_Request] = field(default_factory=list)
+class JsonDocument:
+    """The file as one transaction sees it: per kind, its codes in file order and as a set. Codes are only
+    ever appended, so a savepoint is where each list ended."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.used = {kind: set(data[kind]) for kind in KINDS}
+        self.dirty = False
+        self._marks: dict[str, int] = {}
+
+    def claim(self, kind: NumberKind, code: int) -> bool:
+        """Records `code` unless it is used; whether it was free."""
+        used = self.used[kind]
+        if code in used:
+            return False
+        used.add(code)
+        self.data[kind].append(code)
+        self.dirty = True
+        return True
+
+    def mark(self) -> None:
+        self._marks = {kind: len(self.data[kind]) for kind in KINDS}
+
+    def undo_to_mark(self) -> None:
+        for kind, length in self._marks.items():
+            added = self.data[kind][length:]
+            del self.data[kind][length:]
+            self.used[kind].difference_update(added)
 
 
-@dataclass(eq=False)
-class _Request:
-    kind: NumberKind
-    count: int
-    codes: list[int] | None = None
-    error: StoreError | None = None
-    done: bool = False
-    abandoned: bool = False
+class JsonFileTarget:
+    """The JSON file as the group committer writes it (see `group_commit.Target`). Made per process."""
+
+    faults = (OSError,)
+
+    def __init__(self, store: JsonFileStore) -> None:
+        self.name = FILE_NAME
+        self._store = store
+        try:
+            store.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise os_failure(StoreUnavailableError, f"Cannot create the {store.label} folder", err) from err
+        # Not thread-local: one writer per process takes it. A short poll keeps a waiting process from starving
+        # while another serves back-to-back groups.
+        self._lock = filelock.FileLock(str(store.path) + ".lock", thread_local=False, poll_interval=0.002)
+
+    def begin(self) -> JsonDocument:
+        label = self._store.label
+        try:
+            self._lock.acquire(timeout=self._store.lock_timeout)
+        except filelock.Timeout:
+            raise StoreBusyError(f"The {label} store is locked by another process; retry shortly.") from None
+        except OSError as err:
+            raise os_failure(StoreUnavailableError, f"Cannot lock the {label} store", err) from err
+        try:
+            return JsonDocument(self._store.read())
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def savepoint(self, document: JsonDocument) -> None:
+        document.mark()
+
+    def rollback_to_savepoint(self, document: JsonDocument) -> None:
+        document.undo_to_mark()
+
+    def release_savepoint(self, document: JsonDocument) -> None:
+        pass
+
+    def commit(self, document: JsonDocument) -> None:
+        try:
+            if document.dirty:
+                self._store.write(document.data)
+        finally:
+            self._lock.release()
+
+    def abort(self, document: JsonDocument | None) -> None:
+        self._lock.release()
+
+    def translate(self, err: BaseException) -> StoreError:
+        if isinstance(err, StoreError):
+            return err
+        if isinstance(err, OSError):
+            return os_failure(StoreUnavailableError, f"Cannot write the {self._store.label} store", err)
+        label = self._store.label
+        error = StoreUnavailableError(f"The {label} store could not record the numbers; nothing was issued.")
+        error.detail = f"{type(err).__name__}: {err}"
+        return error
 
 
-class JsonFileStore:
+class JsonFileStore(Store, Prefilling):
     def __init__(
         self,
         folder: str | os.PathLike[str],
@@ -71,102 +144,17 @@ class JsonFileStore:
         self.label = label
         self.max_attempts = max_attempts
         self.lock_timeout = lock_timeout
-        self._process = PerProcess(self._process_state)
+        self._committer = runtime.PerProcess(self._new_committer)
 
-    def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
-        state = self._process.get()
-        request = _Request(kind, count)
-        with state.queue_lock:
-            state.queue.append(request)
-        # Whoever holds the thread lock serves every queued request with one read and one write.
-        if not state.thread_lock.acquire(timeout=self.lock_timeout):
-            request.abandoned = True
-            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
-        try:
-            if not request.done:
-                with state.queue_lock:
-                    batch, state.queue = [queued for queued in state.queue if not queued.abandoned], []
-                # On gevent's event loop too: the file lock's wait polls with `time.sleep`, which gevent makes
-                # cooperative. (On a real thread, a first write once failed with an OSError without errno.)
-                self._serve(state.file_lock, batch)
-        finally:
-            state.thread_lock.release()
-        if request.error is not None:
-            raise request.error
-        return request.codes
-
-    def _serve(self, file_lock: filelock.FileLock, batch: list[_Request]) -> None:
-        claimed: dict[int, list[int]] = {}
-        try:
-            with self._file_locked(file_lock):
-                data = self._read()
-                used = {kind: set(data[kind]) for kind in KINDS}
-                for request in batch:
-                    try:
-                        claimed[id(request)] = self._claim(data[request.kind], used[request.kind], request)
-                    except StoreError as err:
-                        request.error = err
-                if claimed:
-                    self._write(data)
-            # Only now, with the file written, may any request of the batch see its codes.
-            for request in batch:
-                request.codes = claimed.get(id(request))
-        except BaseException as err:
-            # Whatever failed (a store error, or anything unexpected in the thread that serves the batch),
-            # nothing was written: no request of the batch may return codes.
-            failure = (
-                err
-                if isinstance(err, StoreError)
-                else StoreUnavailableError(f"The {self.label} store could not record the numbers; nothing was issued.")
-            )
-            for request in batch:
-                request.codes, request.error = None, request.error or failure
-            if not isinstance(err, StoreError):
-                raise
-        finally:
-            for request in batch:
-                request.done = True
-
-    def _claim(self, used_list: list[int], used: set[int], request: _Request) -> list[int]:
-        space = self.spaces[request.kind]
-        claimed: list[int] = []
-
-        def claim(code: int) -> bool:
-            if code in used:
-                return False
-            used.add(code)
-            claimed.append(code)
-            return True
-
-        try:
-            codes = pick_unused(
-                space,
-                request.count,
-                self.max_attempts,
-                claim,
-                lambda: sum(1 for code in used if space.contains(code)),
-                lambda: sorted(used),
-            )
-        except StoreError:
-            used.difference_update(claimed)
-            raise
-        used_list.extend(claimed)
-        return codes
+    def issue(self, kind: NumberKind, count: int = 1) -> Issued:
+        return Issued(self._committer.get().submit(lambda document: self._claim(document, kind, count)))
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         self.issue(kind, count)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        # Through the thread lock too: the file lock object is shared by the process's threads and
-        # reentrant, so it only excludes other processes.
-        state = self._process.get()
-        if not state.thread_lock.acquire(timeout=self.lock_timeout):
-            raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
-        try:
-            with self._file_locked(state.file_lock):
-                data = self._read()
-        finally:
-            state.thread_lock.release()
+        # A job like any other: under the file lock, it sees every process's writes.
+        data = self._committer.get().submit(lambda document: document.data, writes_once=True)
         result = {}
         for kind in KINDS:
             space = self.spaces[kind]
@@ -174,30 +162,23 @@ class JsonFileStore:
             result[kind] = {"issued": issued, "space_size": space.size, "remaining": space.size - issued}
         return result
 
-    @contextmanager
-    def _file_locked(self, file_lock: filelock.FileLock) -> Iterator[None]:
-        try:
-            file_lock.acquire(timeout=self.lock_timeout)
-        except filelock.Timeout:
-            raise StoreBusyError(f"The {self.label} store is locked by another process; retry shortly.") from None
-        except OSError as err:
-            raise os_failure(StoreUnavailableError, f"Cannot lock the {self.label} store", err) from err
-        try:
-            yield
-        finally:
-            file_lock.release()
+    def _claim(self, document: JsonDocument, kind: NumberKind, count: int) -> list[int]:
+        space, used = self.spaces[kind], document.used[kind]
+        return pick_unused(
+            space,
+            count,
+            self.max_attempts,
+            lambda code: document.claim(kind, code),
+            lambda: sum(1 for code in used if space.contains(code)),
+            lambda: sorted(used),
+        )
 
-    def _process_state(self) -> _ProcessState:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise os_failure(StoreUnavailableError, f"Cannot create the {self.label} folder", err) from err
-        # Not thread-local: threads take turns through the thread lock; the file lock is held per process.
-        # A short poll keeps a waiting process from starving while another serves back-to-back batches.
-        file_lock = filelock.FileLock(str(self.path) + ".lock", thread_local=False, poll_interval=0.002)
-        return _ProcessState(file_lock)
+    def _new_committer(self) -> GroupCommitter:
+        return GroupCommitter(
+            [JsonFileTarget(self)], self.lock_timeout, lambda: StoreBusyError.of(self.label), offload=False
+        )
 
-    def _read(self) -> dict[str, Any]:
+    def read(self) -> dict[str, Any]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -231,7 +212,7 @@ class JsonFileStore:
                 f"the server runs with {decimals}; its floats cannot be reinterpreted safely."
             )
 
-    def _write(self, data: dict[str, Any]) -> None:
+    def write(self, data: dict[str, Any]) -> None:
         payload = json.dumps(data, separators=(",", ":")).encode()
         temp = self.path.with_name(FILE_NAME + ".tmp")
         try:

@@ -1,8 +1,10 @@
-"""A store's secret key file: read it, or create it once, atomically, readable by its owner only (0600).
+"""/v5's secret key: its file, read or created once, atomically, readable by its owner only (0600); its
+fingerprint; and which permutation a database's counters are served with.
 
 Processes racing to create it all end up with one key: each writes and fsyncs a private temporary file,
 and `os.link` publishes it under the final name only if no key is there yet; every process then reads
-whatever key won. The key is never logged; only a one-way fingerprint of it is stored elsewhere.
+whatever key won. The key is never logged; only a one-way fingerprint of it is stored, in the counter
+database, under a name that says the permutation (see PERMUTATIONS).
 """
 
 from __future__ import annotations
@@ -10,12 +12,29 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from uniquerand.permutation import KEY_BYTES
-from uniquerand.storage.base import StoreKeyError, os_failure
+from uniquerand.aes_permutation import AesRadixPermutation
+from uniquerand.permutation import KEY_BYTES, BinaryFeistelPermutation, Permutation, RadixFeistelPermutation
+from uniquerand.storage.contract import StoreCorruptError, StoreKeyError, os_failure
 from uniquerand.storage.durable import fsync_path
+
+# The permutation a database's counters are served with is named by the meta row that holds the key's
+# fingerprint. Earlier releases wrote 'key_fingerprint' (the binary network) and then
+# 'key_fingerprint:radix-feistel-10' (the radix network over BLAKE2b): such a database goes on with its own,
+# whatever it leased, since another permutation of its next counters could give numbers it already served.
+# A new database gets the AES network's row, which an earlier release does not know and refuses to serve:
+# two releases never serve one database with two permutations.
+PermutationType = Callable[[bytes, int, bytes], Permutation]
+FINGERPRINT_PREFIX = "key_fingerprint"
+NEW_FINGERPRINT = "key_fingerprint:aes-radix-feistel-10"
+PERMUTATIONS: dict[str, PermutationType] = {
+    "key_fingerprint": BinaryFeistelPermutation,
+    "key_fingerprint:radix-feistel-10": RadixFeistelPermutation,
+    NEW_FINGERPRINT: AesRadixPermutation,
+}
 
 
 def read_key(path: Path, label: str) -> bytes | None:
@@ -57,3 +76,21 @@ def create_key(path: Path, label: str) -> bytes:
 def fingerprint(key: bytes) -> bytes:
     """A one-way digest that tells keys apart without revealing them."""
     return hashlib.blake2b(key, digest_size=16, person=b"uniquerand-fp").digest()
+
+
+def permutation_row(rows: dict[str, bytes], label: str, database: str) -> str:
+    """The one fingerprint row of `rows` this release knows, or why the database cannot be served."""
+    if not rows:
+        raise StoreKeyError(
+            f"The {label} store's counter database ({database}) has no record of its key: it was "
+            "replaced or emptied, and counting again would re-issue numbers. Restore it, or delete the "
+            "stage's folder to reset the stage."
+        )
+    known = [name for name in rows if name in PERMUTATIONS]
+    if len(known) != 1 or len(rows) != 1:
+        raise StoreCorruptError(
+            f"The {label} store's counter database ({database}) records its key as {sorted(rows)}: "
+            "written by a newer release, or damaged. Serving its counters with a permutation other than "
+            "theirs could re-issue numbers; run the release that wrote it."
+        )
+    return known[0]

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Iterable
 
 from uniquerand.numbers import NumberSpace, kth_free
-from uniquerand.storage.base import (
+from uniquerand.storage.contract import (
     InsufficientRemainingError,
     RetriesExhaustedError,
     SpaceExhaustedError,

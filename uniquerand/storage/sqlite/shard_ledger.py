@@ -1,5 +1,6 @@
-"""Refilling /v4 shards: numbers are drawn and reserved in a kind's ledger (only codes new to the ledger
-count), then added to a shard; the ledger's PRIMARY KEY keeps every code out of every other shard."""
+"""/v4's ledgers and pool rows as a refill writes them: numbers are drawn and reserved in a kind's ledger (only
+codes new to the ledger count), then added to a shard; the ledger's PRIMARY KEY keeps every code out of every
+other shard."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from collections.abc import Iterator
 
 from uniquerand.numbers import NumberSpace
 from uniquerand.storage.picking import pick_unused
-from uniquerand.storage.shard_files import ledger_count, transaction
-from uniquerand.storage.sqlite_common import insert_new_codes
+from uniquerand.storage.sqlite.common import insert_new_codes, transaction
+from uniquerand.storage.sqlite.shard_files import ledger_count
 
 # Rows per refill transaction: amortises the fsync while keeping claims' waits for the write lock short.
 REFILL_CHUNK = 20_000

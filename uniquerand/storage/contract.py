@@ -1,19 +1,17 @@
-"""The contract every store keeps, and the errors a store may raise instead of issuing numbers.
+"""The contract every store keeps (`Store`), what it returns (`Issued`), and the errors it may raise instead.
 
 A store hands out *codes* (see `uniquerand.numbers`) and promises that a code it returned was durably
-recorded first, and that it never returns the same code of the same kind twice.
+recorded first, and that it never returns the same code of the same kind twice. Adding a backend means
+writing a `Store` and adding it to the contract suite (tests/test_store_contract.py).
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TypeVar
 
 from uniquerand.numbers import NumberKind, NumberSpace
-
-T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -36,6 +34,10 @@ def os_failure(error_class: type[E], message: str, err: OSError) -> E:
 
 class StoreBusyError(StoreError):
     """The store's lock was held past the timeout; retrying later may succeed."""
+
+    @classmethod
+    def of(cls, label: str) -> StoreBusyError:
+        return cls(f"The {label} store is busy; retry shortly.")
 
 
 class StoreUnavailableError(StoreError):
@@ -72,45 +74,36 @@ class InsufficientRemainingError(StoreError):
         self.remaining = remaining
 
 
-class Store(Protocol):
-    """A place that issues unique codes of each kind."""
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """The codes of one `issue` call, in the order they are to be served, and what a stage tells about
+    each (/v4: the shard that served it), in the same order."""
+
+    codes: list[int]
+    sources: list[str] | None = None
+
+
+class Store(ABC):
+    """A place that issues unique codes of each kind: what the HTTP side and the CLI may call."""
 
     # The space of each kind, the app's own (the blueprints write a code as its space says).
     spaces: dict[NumberKind, NumberSpace]
 
-    def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
-        """`count` distinct codes never issued before, durably recorded before returning."""
-        ...
+    @abstractmethod
+    def issue(self, kind: NumberKind, count: int = 1) -> Issued:
+        """`count` distinct codes never issued before, durably recorded before returning; all or none."""
 
-    def prefill(self, kind: NumberKind, count: int) -> None:
-        """Records `count` more codes as issued through a bulk path, as if served and discarded.
-
-        For benchmarks: it shows a store's cost at scale without millions of requests.
-        """
-        ...
-
-    def stats(self) -> dict[str, dict[str, int]]:
+    @abstractmethod
+    def stats(self) -> dict[str, dict]:
         """Per kind: `issued`, `space_size`, `remaining` (and any store-specific counters)."""
-        ...
+
+    def prepare(self) -> None:  # noqa: B027  (optional: most stores have nothing to build ahead)
+        """Builds at a worker's start, before it serves, what its first requests would otherwise wait for."""
 
 
-class PerProcess(Generic[T]):
-    """State built once per process, thread-safely: locks, connections and threads never cross a fork.
+class Prefilling(ABC):
+    """A store's bulk path for benchmarks: it shows a store's cost at scale without millions of requests."""
 
-    `get()` builds the value on first use in each process (gunicorn forks workers after import), and
-    two threads racing at a worker's first requests still build it once.
-    """
-
-    def __init__(self, build: Callable[[], T]) -> None:
-        self._build = build
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._value: T | None = None
-
-    def get(self) -> T:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._value = self._build()
-                    self._pid = os.getpid()
-        return self._value
+    @abstractmethod
+    def prefill(self, kind: NumberKind, count: int) -> None:
+        """Records `count` more codes as issued, as if served and discarded."""

@@ -13,25 +13,18 @@ A file that is not a database is never touched: the store fails closed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
-from uniquerand.storage import native
-from uniquerand.storage.base import (
-    PerProcess,
-    StoreBusyError,
-    StoreCorruptError,
-)
-from uniquerand.storage.durable import fsync_path
-from uniquerand.storage.group_commit import Database, GroupCommitter
+from uniquerand.storage import runtime
+from uniquerand.storage.contract import Issued, Prefilling, Store, StoreBusyError, StoreCorruptError
+from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.picking import pick_unused
-from uniquerand.storage.settling import SLICES, TRIGGERS, Settler
-from uniquerand.storage.sqlite_common import connect, insert_new_codes, store_error
+from uniquerand.storage.sqlite.common import SqliteTarget, insert_new_codes, open_published, translated_errors
+from uniquerand.storage.sqlite.settling import SLICES, TRIGGERS, Settler
 
 FILE_NAME = "numbers.db"
 # Rows per transaction when prefilling: large enough to amortise the fsync, small enough to keep
@@ -54,7 +47,7 @@ CLAIM = {
 }
 
 
-class SqliteStore:
+class SqliteStore(Store, Prefilling):
     def __init__(
         self,
         folder: str | os.PathLike[str],
@@ -72,18 +65,18 @@ class SqliteStore:
         self.max_attempts = max_attempts
         self.lock_timeout = lock_timeout
         self.settle_at = settle_at
-        self._readers = PerProcess(native.thread_local)  # stats' connections, one per OS thread
-        self._committer = PerProcess(self._new_committer)
-        self._settler = PerProcess(lambda: Settler(spaces, self.settle_at, self._committer.get()))
+        self._readers = runtime.PerProcess(runtime.os_thread_local)  # stats' connections, one per OS thread
+        self._committer = runtime.PerProcess(self._new_committer)
+        self._settler = runtime.PerProcess(lambda: Settler(spaces, self.settle_at, self._committer.get()))
 
-    def issue(self, kind: NumberKind, count: int = 1) -> list[int]:
+    def issue(self, kind: NumberKind, count: int = 1) -> Issued:
         # A single number is claimed by its job's last statement (see pick_unused): no savepoint needed.
         if count == 1:
             codes = self._committer.get().submit(lambda connection: self._claim_one(connection, kind), writes_once=True)
         else:
             codes = self._committer.get().submit(lambda connection: self._claim(connection, kind, count))
         self._settler.get().issued(kind, len(codes))
-        return codes
+        return Issued(codes)
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         for start in range(0, count, PREFILL_CHUNK):
@@ -94,7 +87,7 @@ class SqliteStore:
             self._committer.get().submit(lambda connection, i=index: settler.move_slice(connection, kind, i))
 
     def stats(self) -> dict[str, dict[str, int]]:
-        try:
+        with translated_errors(self.label):
             connection = self._reader()
             result = {}
             for kind in KINDS:
@@ -102,8 +95,6 @@ class SqliteStore:
                 issued = self._count(connection, kind)
                 result[kind] = {"issued": issued, "space_size": space.size, "remaining": space.size - issued}
             return result
-        except (sqlite3.Error, OSError) as err:
-            raise store_error(err, self.label) from err
 
     def _claim_one(self, connection: sqlite3.Connection, kind: NumberKind) -> list[int]:
         """The common request: one draw, one statement. A used code takes the general path (its own
@@ -154,12 +145,8 @@ class SqliteStore:
         return connection.execute(query, (space.low, space.high)).fetchone()[0]
 
     def _new_committer(self) -> GroupCommitter:
-        return GroupCommitter(
-            [Database(FILE_NAME, self._open, self.path.with_name(FILE_NAME + ".lock"))],
-            lambda err: store_error(err, self.label),
-            wait_timeout=self.lock_timeout,
-            timeout_error=lambda: StoreBusyError(f"The {self.label} store is busy; retry shortly."),
-        )
+        target = SqliteTarget(FILE_NAME, self._open, self.path.with_name(FILE_NAME + ".lock"), self.label)
+        return GroupCommitter([target], self.lock_timeout, lambda: StoreBusyError.of(self.label))
 
     def _reader(self) -> sqlite3.Connection:
         local = self._readers.get()
@@ -169,44 +156,7 @@ class SqliteStore:
         return connection
 
     def _open(self) -> sqlite3.Connection:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            self._create()
-        if self.path.stat().st_size == 0:
-            # The store is only ever published whole (see _create): an empty file was truncated. Opening it
-            # would start an empty store and re-issue every number.
-            raise StoreCorruptError(
-                f"The {self.label} store ({FILE_NAME}) is an empty file; it was left untouched for an operator."
-            )
-        # Never creates: a file deleted since the checks above must not come back as an empty store.
-        connection = connect(self.path, self.lock_timeout, create=False)
-        try:
-            self._prepare(connection)
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    def _create(self) -> None:
-        """Builds a new database under a private name and publishes it whole with `os.link`, which fails if
-        another process published first; so the store's file is never seen half made, and an empty one can
-        only mean damage."""
-        temporary = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.{threading.get_ident()}")
-        for leftover in (temporary, temporary.with_name(temporary.name + "-wal")):
-            leftover.unlink(missing_ok=True)
-        try:
-            connection = connect(temporary, self.lock_timeout)
-            try:
-                self._prepare(connection)
-            finally:
-                connection.close()  # checkpoints the WAL into the file and removes it
-            fsync_path(temporary)
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, self.path)
-            fsync_path(self.folder)
-        finally:
-            for leftover in (temporary, *(temporary.with_name(temporary.name + end) for end in ("-wal", "-shm"))):
-                leftover.unlink(missing_ok=True)
+        return open_published(self.path, self.lock_timeout, self._prepare, self.label)
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         connection.executescript(SCHEMA + TRIGGERS)

@@ -10,11 +10,12 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from uniquerand.numbers import NumberKind, NumberSpace
-from uniquerand.storage.base import StoreBusyError, StoreCorruptError, StoreUnavailableError, os_failure
-from uniquerand.storage.sqlite_common import connect, store_error
+from uniquerand.storage.contract import StoreBusyError, StoreCorruptError
+from uniquerand.storage.sqlite.common import open_published, transaction, translated_errors
 
 SHARDS_PER_KIND = 2
 
@@ -57,9 +58,9 @@ def flock_by(descriptor: int, deadline: float, longest_pause: float) -> bool:
 
     Polls with a growing pause, for the caller that must give up in time if the holder were stopped (refill
     and open locks). The shard writers block in flock instead: they wait on their own thread (a real one
-    under gevent, see `native`), and the requests waiting for them give up after LOCK_TIMEOUT (see
+    under gevent, see `runtime`), and the requests waiting for them give up after LOCK_TIMEOUT (see
     `group_commit`). Under gevent, `time.sleep` here is gevent's: cooperative on the event loop's thread, and
-    on one of `native`'s threads it runs a small event loop of that thread's own.
+    on one of `runtime`'s OS threads it runs a small event loop of that thread's own.
     """
     pause = min(0.0001, longest_pause)
     while True:
@@ -71,20 +72,6 @@ def flock_by(descriptor: int, deadline: float, longest_pause: float) -> bool:
                 return False
             time.sleep(pause)
             pause = min(pause * 2, longest_pause)
-
-
-@contextmanager
-def transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE (take the write lock before reading, see PERF-NOTES) ... COMMIT, or ROLLBACK."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        # SQLite may have rolled back already (a full disk); a second ROLLBACK would hide the first error.
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
 
 
 def count_available(connection: sqlite3.Connection) -> int:
@@ -110,28 +97,26 @@ class ShardFiles:
         # Two processes switching a new file to WAL at once get "database is locked" without waiting.
         with self.flocks([".open.lock"], self.lock_timeout) as held:
             if not held:
-                raise StoreBusyError(f"The {self.label} store is busy; retry shortly.")
+                raise StoreBusyError.of(self.label)
             return self._open_unlocked(name)
 
     def _open_unlocked(self, name: str) -> sqlite3.Connection:
-        connection = connect(self.folder / name, self.lock_timeout)
-        try:
-            if name == ledger_name(kind_of(name)):
-                # Refills insert random keys all over the ledger's B-tree: keep more of it in memory.
-                connection.execute("PRAGMA cache_size = -65536")
-                connection.executescript(LEDGER_SCHEMA)
-                self._check_meta(connection, name, "float_decimals", self.spaces["float"].decimals)
-                connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('ledger_id', ?)", (_new_id(),))
-                self._count_ledger_in_range(connection, kind_of(name))
-            else:
-                connection.executescript(SHARD_SCHEMA)
-                self._check_meta(connection, name, "float_decimals", self.spaces["float"].decimals)
-                self._check_ledger_id(connection, name)
-                self._retire_out_of_range(connection, kind_of(name))
-        except BaseException:
-            connection.close()
-            raise
-        return connection
+        # Published whole (see `open_published`): an emptied shard or ledger is refused, not started anew.
+        return open_published(self.folder / name, self.lock_timeout, partial(self._prepare, name), self.label)
+
+    def _prepare(self, name: str, connection: sqlite3.Connection) -> None:
+        if name == ledger_name(kind_of(name)):
+            # Refills insert random keys all over the ledger's B-tree: keep more of it in memory.
+            connection.execute("PRAGMA cache_size = -65536")
+            connection.executescript(LEDGER_SCHEMA)
+            self._check_meta(connection, name, "float_decimals", self.spaces["float"].decimals)
+            connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('ledger_id', ?)", (_new_id(),))
+            self._count_ledger_in_range(connection, kind_of(name))
+        else:
+            connection.executescript(SHARD_SCHEMA)
+            self._check_meta(connection, name, "float_decimals", self.spaces["float"].decimals)
+            self._check_ledger_id(connection, name)
+            self._retire_out_of_range(connection, kind_of(name))
 
     def _check_ledger_id(self, connection: sqlite3.Connection, name: str) -> None:
         """A shard belongs to the ledger it was filled from. A ledger that was deleted or emptied comes back
@@ -194,14 +179,8 @@ class ShardFiles:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [("low", space.low), ("high", space.high)]
             )
 
-    @contextmanager
-    def translated_errors(self, name: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as err:
-            raise store_error(err, f"{self.label} {name}") from err
-        except OSError as err:
-            raise os_failure(StoreUnavailableError, f"The {self.label} store cannot be used", err) from err
+    def translated_errors(self, name: str):
+        return translated_errors(f"{self.label} {name}")
 
     def refill_locks(self, names: list[str], wait: float):
         """flock on `<shard>.refill.lock` for every name (True) or none of them (False) within `wait`.

@@ -1,0 +1,34 @@
+"""The HTTP side of a stage, built from its `Stage`: `/random` and `/stats` under the stage's prefix, one
+request path for every stage, its differences (lenient `type`, batches, where each number came from) read
+from the stage's settings."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from uniquerand.blueprints.common import numbers_response, random_request_reader
+from uniquerand.stages import Stage
+
+
+def stage_blueprint(stage: Stage) -> Blueprint:
+    bp = Blueprint(stage.name, __name__, url_prefix=f"/{stage.name}")
+    # Taken once here, not looked up through the app on every request.
+    store, spaces = stage.store, stage.store.spaces
+    parse = random_request_reader(stage.lenient_type, stage.accepts_count)
+    sources = stage.sources
+
+    @bp.get("/random")
+    def random_number():
+        kind, count = parse()
+        issued = store.issue(kind, count or 1)
+        if sources is None:
+            return numbers_response(spaces[kind], issued.codes, count)
+        if count is None:
+            return numbers_response(spaces[kind], issued.codes, count, **{sources.single: issued.sources[0]})
+        return numbers_response(spaces[kind], issued.codes, count, **{sources.batch: issued.sources})
+
+    @bp.get("/stats")
+    def stats():
+        return jsonify({"stage": stage.name, "types": store.stats()})
+
+    return bp

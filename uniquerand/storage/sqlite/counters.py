@@ -1,0 +1,235 @@
+"""SqliteCounters: /v5's counters in SQLite (counters.db), the backend of `LeasedCounterStore`: the schema and
+the LEASE statement, opening the database with the check that each counter belongs to the configured space,
+the key check against the fingerprint the database keeps, and the permutation it records for its counters.
+
+A lease is one `UPDATE ... RETURNING` statement in autocommit mode, with WAL and `synchronous=FULL`: it is on
+disk, and disjoint from every other process's, before any of its counters is served. One connection per
+process, used by one thread at a time (the store's process state holds the lock).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.storage import runtime
+from uniquerand.storage.contract import InsufficientRemainingError, StoreBusyError, StoreCorruptError, StoreKeyError
+from uniquerand.storage.keyfile import (
+    FINGERPRINT_PREFIX,
+    NEW_FINGERPRINT,
+    PERMUTATIONS,
+    PermutationType,
+    create_key,
+    fingerprint,
+    permutation_row,
+    read_key,
+)
+from uniquerand.storage.sqlite.common import open_published, transaction, translated_errors
+
+FILE_NAME = "counters.db"
+KEY_NAME = "key"
+# Near the end of the space a lease takes at most 1/TAIL_SHARE of what is left, so that the numbers
+# held unserved by other workers when the counter runs out stay few (see docs/stages.md, /v5).
+TAIL_SHARE = 16
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (
+    kind TEXT PRIMARY KEY,
+    low INTEGER NOT NULL,
+    high INTEGER NOT NULL,
+    decimals INTEGER NOT NULL,
+    next INTEGER NOT NULL DEFAULT 0,
+    lease_start INTEGER NOT NULL DEFAULT 0,
+    accounted INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0
+);
+"""
+# `next` is the high-water mark: every counter below it belongs to a lease (or a prefill). SET reads
+# the old row, so lease_start is where this lease begins. `accounted` counts leases closed cleanly
+# (and prefills), `skipped` their counters never served.
+LEASE = f"""
+UPDATE counters
+SET lease_start = next,
+    next = next + max(:need, min(:want, (high - low + 1 - next + {TAIL_SHARE - 1}) / {TAIL_SHARE}))
+WHERE kind = :kind AND high - low + 1 - next >= :need
+  AND low = :low AND high = :high AND decimals = :decimals
+RETURNING lease_start, next
+"""
+
+
+PREFILL = """
+UPDATE counters SET next = next + :n, accounted = accounted + :n
+WHERE kind = :kind AND high - low + 1 - next >= :n AND low = :low AND high = :high AND decimals = :decimals
+RETURNING next
+"""
+
+
+def _remaining(connection: sqlite3.Connection, kind: NumberKind) -> int:
+    query = "SELECT high - low + 1 - next FROM counters WHERE kind = ?"
+    return connection.execute(query, (kind,)).fetchone()[0]
+
+
+class SqliteCounters:
+    """`folder`'s counter database and key, for one `LeasedCounterStore`."""
+
+    def __init__(self, folder: Path, spaces: dict[NumberKind, NumberSpace], *, label: str, lock_timeout: float) -> None:
+        self.folder = folder
+        self.path = folder / FILE_NAME
+        self.key_path = folder / KEY_NAME
+        self.spaces = spaces
+        self.label = label
+        self.lock_timeout = lock_timeout
+        self._process = runtime.PerProcess(_Connection)
+
+    def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+        """The key, checked against the one-way fingerprint the database keeps of it, and the permutation its
+        counters are served with (named by the fingerprint's row, see `keyfile.PERMUTATIONS`).
+
+        All of it runs under the database's write lock, so a key is published and fingerprinted before any
+        other process looks. A key without a fingerprint means the database was replaced or emptied (a
+        truncated counters.db opens as a new, empty one): counting from 0 again with that key would replay
+        every number, so the stage refuses. A crash between publishing a new key and committing its
+        fingerprint also leaves that state; it is refused too (fail closed: delete the folder to reset)."""
+        with self._database() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
+                query = "SELECT name, value FROM meta WHERE substr(name, 1, ?) = ?"
+                rows = dict(connection.execute(query, (len(FINGERPRINT_PREFIX), FINGERPRINT_PREFIX)).fetchall())
+                key = read_key(self.key_path, self.label)
+                if key is None:
+                    if leased or rows:
+                        raise StoreKeyError(
+                            f"The {self.label} store's key is missing but its counters have been used: a new key "
+                            "would re-issue numbers. Restore the key file from where the counters came from."
+                        )
+                    key = create_key(self.key_path, self.label)
+                    query = "INSERT INTO meta (name, value) VALUES (?, ?)"
+                    connection.execute(query, (NEW_FINGERPRINT, fingerprint(key)))
+                    rows = {NEW_FINGERPRINT: fingerprint(key)}
+                name = permutation_row(rows, self.label, FILE_NAME)
+                if rows[name] != fingerprint(key):
+                    raise StoreKeyError(
+                        f"The {self.label} store's key is not the one its counters were used with; it was left as is."
+                    )
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        return key, PERMUTATIONS[name]
+
+    def lease(self, kind: NumberKind, need: int, want: int) -> tuple[int, int] | None:
+        """Counters [start, stop), at least `need` and at most `want` of them, durably leased in one statement;
+        None if fewer than `need` are left."""
+        with self._database() as connection:
+            # A durable write, which may wait for another process's: off gevent's loop.
+            rows = runtime.run_blocking(self._lease_rows, connection, kind, need, want)
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def remaining(self, kind: NumberKind) -> int:
+        """Counter values not leased yet."""
+        with self._database() as connection:
+            return _remaining(connection, kind)
+
+    def prefill(self, kind: NumberKind, count: int) -> None:
+        with self._database() as connection:
+            if not connection.execute(PREFILL, {"n": count, **self._space_of(kind)}).fetchall():
+                self._check_spaces(connection)
+                raise InsufficientRemainingError(count, _remaining(connection, kind))
+
+    def counters(self) -> dict[str, tuple[int, int, int]]:
+        """Per kind: (next, accounted, skipped); nothing if the database does not exist (never creates it: a
+        missing one must still be noticed by the next lease)."""
+        if not self.path.exists():
+            return {}
+        with self._database() as connection:
+            query = "SELECT kind, next, accounted, skipped FROM counters"
+            return {kind: tuple(values) for kind, *values in connection.execute(query).fetchall()}
+
+    def account(self, unserved: dict[str, tuple[int, int]]) -> None:
+        """At a clean exit: per kind, (leased, served) by this process; the difference is a known gap."""
+        with self._database() as connection:
+            for kind, (leased, served) in unserved.items():
+                connection.execute(
+                    "UPDATE counters SET accounted = accounted + ?, skipped = skipped + ? WHERE kind = ?",
+                    (leased, leased - served, kind),
+                )
+
+    def _lease_rows(self, connection: sqlite3.Connection, kind: NumberKind, need: int, want: int) -> list[tuple]:
+        rows = connection.execute(LEASE, {"need": need, "want": want, **self._space_of(kind)}).fetchall()
+        if not rows:
+            # Raises if the counter was leased in another space; takes back an unused one; then once more.
+            self._check_spaces(connection)
+            rows = connection.execute(LEASE, {"need": need, "want": want, **self._space_of(kind)}).fetchall()
+        return rows
+
+    def _space_of(self, kind: NumberKind) -> dict[str, object]:
+        """The statement parameters that tie a lease to this process's space: a counter of another space
+        (another process, other settings) must never be leased under this one's permutation."""
+        space = self.spaces[kind]
+        return {"kind": kind, "low": space.low, "high": space.high, "decimals": space.decimals}
+
+    @contextmanager
+    def _database(self) -> Iterator[sqlite3.Connection]:
+        """This process's connection, one user at a time; a wait past LOCK_TIMEOUT is a busy store."""
+        process = self._process.get()
+        if not process.lock.acquire(timeout=self.lock_timeout):
+            raise StoreBusyError.of(self.label)
+        try:
+            with translated_errors(self.label):
+                if process.connection is None:
+                    process.connection = self._open()
+                yield process.connection
+        finally:
+            process.lock.release()
+
+    def _open(self) -> sqlite3.Connection:
+        if self.key_path.exists() and not self.path.exists():
+            raise StoreKeyError(
+                f"The {self.label} store's counter database ({FILE_NAME}) is missing but its key exists: a new "
+                "counter would re-issue numbers. Restore the database, or delete the key to reset the stage."
+            )
+        if self.key_path.exists() and self.path.stat().st_size == 0:
+            raise StoreKeyError(
+                f"The {self.label} store's counter database ({FILE_NAME}) is empty, so it has no record of its "
+                "key: counting again would re-issue numbers. Restore it, or delete the stage's folder to reset "
+                "the stage; it was left untouched."
+            )
+        return open_published(self.path, self.lock_timeout, self._prepare, self.label)
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        connection.executescript(SCHEMA)
+        with transaction(connection):
+            self._check_spaces(connection)
+
+    def _check_spaces(self, connection: sqlite3.Connection) -> None:
+        for kind in KINDS:
+            space = self.spaces[kind]
+            wanted = (space.low, space.high, space.decimals)
+            connection.execute(
+                "INSERT OR IGNORE INTO counters (kind, low, high, decimals) VALUES (?, ?, ?, ?)", (kind, *wanted)
+            )
+            # A counter indexes one space only; before anything is leased the space may still change.
+            connection.execute(
+                "UPDATE counters SET low = ?, high = ?, decimals = ? WHERE kind = ? AND next = 0", (*wanted, kind)
+            )
+            stored = connection.execute("SELECT low, high, decimals FROM counters WHERE kind = ?", (kind,)).fetchone()
+            if tuple(stored) != wanted:
+                settings = "INT_MIN/INT_MAX" if kind == "int" else "FLOAT_MIN/FLOAT_MAX/FLOAT_DECIMALS"
+                raise StoreCorruptError(
+                    f"The {self.label} store's {kind} counter was written for another space ({settings} changed); "
+                    "serving it in this one could re-issue numbers."
+                )
+
+
+class _Connection:
+    """This process's connection to the counter database and the lock its users take turns on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connection: sqlite3.Connection | None = None
