@@ -55,8 +55,9 @@ def handle_http_exception(error: HTTPException):
     response = error.get_response()
     body = {"error": error.description, "code": getattr(error, "extra", {}).get("code", _slug(error))}
     body.update(getattr(error, "extra", {}))
-    # jsonify's bytes (compact outside debug mode), like every other body of this API.
-    response.set_data(jsonify(body).get_data())
+    # jsonify's bytes outside debug mode (compact, then a newline), like every other body of this API, without
+    # building a second response.
+    response.set_data(current_app.json.dumps(body, separators=(",", ":")) + "\n")
     response.content_type = "application/json"
     return response
 
