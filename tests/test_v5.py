@@ -469,3 +469,56 @@ def test_v5_processes_with_other_spaces_never_lease_the_same_counter(make_app):
     response = wide.get("/v5/random?count=100")
     assert response.status_code == 500
     assert response.json["code"] == "store_corrupt"
+
+
+def hold_a_lease(folder: str, ready, release) -> None:
+    """Spawned process: takes one number from a space of 1000 in blocks of 10, so that it holds the other 9 of
+    its block (and the block it leases ahead), and waits."""
+    from uniquerand.numbers import NumberSpace
+
+    spaces = {"int": NumberSpace("int", 1, 1000), "float": NumberSpace("float", 0, 999, 3)}
+    store = v5_store(Path(folder), spaces, block_size=10)
+    store.issue("int")
+    store.stats()  # waits for the lease taken ahead
+    ready.set()
+    release.wait(60)
+
+
+def test_v5_numbers_held_by_a_live_process_are_waited_for_and_lost_with_it(tmp_path):
+    from uniquerand.numbers import NumberSpace
+    from uniquerand.storage.contract import HeldElsewhereError, InsufficientRemainingError, SpaceExhaustedError
+
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=hold_a_lease, args=(str(tmp_path / "v5"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        spaces = {"int": NumberSpace("int", 1, 1000), "float": NumberSpace("float", 0, 999, 3)}
+        store = v5_store(tmp_path / "v5", spaces, block_size=10)
+        served = []
+        with pytest.raises(HeldElsewhereError):
+            for _ in range(1000):
+                served += store.issue("int").codes
+        held = 1000 - 1 - len(served)
+        assert held == 19  # the rest of its block and the block it leased ahead
+        with pytest.raises(HeldElsewhereError):
+            store.issue("int", 19)  # fits in what the holder still may serve: a retry elsewhere may succeed
+        with pytest.raises(InsufficientRemainingError) as caught:
+            store.issue("int", 21)
+        assert caught.value.remaining == 20  # an upper bound: the holder's open leases, whole
+        os.kill(holder.pid, 9)
+        holder.join(30)
+        with pytest.raises(SpaceExhaustedError):
+            store.issue("int")
+        with pytest.raises(InsufficientRemainingError) as caught:
+            store.issue("int", 2)
+        assert caught.value.remaining == 0
+        assert len(set(served)) == len(served)
+    finally:
+        # Not after the kill: a process killed inside `release.wait` leaves the event's condition waiting on it.
+        if holder.is_alive():
+            release.set()
+            holder.join(30)
+        if holder.is_alive():
+            holder.kill()

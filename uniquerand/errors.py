@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException, UnprocessableEntity
 
 from uniquerand.logs import event
 from uniquerand.storage.contract import (
+    HeldElsewhereError,
     InsufficientRemainingError,
     RetriesExhaustedError,
     ShardsEmptyError,
@@ -29,6 +30,7 @@ STORE_ERROR_RESPONSES: dict[type[StoreError], tuple[int, str, bool]] = {
     StoreUnavailableError: (503, "store_unavailable", True),
     RetriesExhaustedError: (503, "retries_exhausted", True),
     SpaceExhaustedError: (503, "space_exhausted", False),
+    HeldElsewhereError: (503, "held_elsewhere", True),
     InsufficientRemainingError: (503, "insufficient_remaining", False),
     StoreCorruptError: (500, "store_corrupt", False),
     StoreKeyError: (500, "store_key_invalid", False),

@@ -8,8 +8,7 @@ writing a `Store` and adding it to the contract suite (tests/test_store_contract
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from uniquerand.numbers import NumberKind, NumberSpace
 
@@ -61,6 +60,11 @@ class SpaceExhaustedError(StoreError):
     """Every number of the space has been issued."""
 
 
+class HeldElsewhereError(StoreError):
+    """What is left of the space is held by other live workers (leased, not served yet): they serve it, and a
+    retry that reaches one of them succeeds. Never said once no live worker may serve a number."""
+
+
 class ShardsEmptyError(StoreError):
     """Every pool of the kind is empty while numbers remain; a refill is under way, retrying may succeed."""
 
@@ -74,10 +78,9 @@ class InsufficientRemainingError(StoreError):
         self.remaining = remaining
 
 
-@dataclass(frozen=True, slots=True)
-class Issued:
+class Issued(NamedTuple):
     """The codes of one `issue` call, in the order they are to be served, and what a stage tells about
-    each (/v4: the shard that served it), in the same order."""
+    each (/v4: the shard that served it), in the same order. (A tuple: made on every request.)"""
 
     codes: list[int]
     sources: list[str] | None = None

@@ -27,6 +27,7 @@ from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.permutation import Permutation
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import (
+    HeldElsewhereError,
     InsufficientRemainingError,
     Issued,
     Prefilling,
@@ -36,9 +37,13 @@ from uniquerand.storage.contract import (
     StoreError,
 )
 from uniquerand.storage.keyfile import PermutationType
-from uniquerand.storage.leases import Block, Leases
+from uniquerand.storage.leases import Block, Lease, Leases
 
 log = logging.getLogger(__name__)
+# The counter's last TAIL_BLOCKS blocks are leased a request at a time, none ahead: when it runs out, few
+# numbers are held unserved by workers that may not be asked again soon.
+TAIL_BLOCKS = 16
+HELD_ELSEWHERE_MESSAGE = "The numbers left are held by other workers, which serve them; retry shortly."
 
 
 class Counters(Protocol):
@@ -47,8 +52,15 @@ class Counters(Protocol):
     def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
         """The key (created with a new database) and the permutation the database's counters are served with."""
 
-    def lease(self, kind: NumberKind, need: int, want: int) -> tuple[int, int] | None:
-        """[start, stop): at least `need`, at most `want` counters, durably leased; None if fewer are left."""
+    def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
+        """At least `need`, at most `want` counters (exactly `need` once no more than `tail` are left), durably
+        leased and recorded with this process as their holder; None if fewer than `need` are left."""
+
+    def close_leases(self, kind: NumberKind, starts: list[int]) -> None:
+        """This process has served every counter of its leases of `kind` that begin at `starts`."""
+
+    def held_elsewhere(self, kind: NumberKind) -> int:
+        """At most how many counters of `kind` other live processes hold (leased, maybe not served yet)."""
 
     def remaining(self, kind: NumberKind) -> int:
         """Counter values not leased yet."""
@@ -60,7 +72,7 @@ class Counters(Protocol):
         """Per kind: (next, accounted, skipped); empty where nothing was ever recorded."""
 
     def account(self, unserved: dict[str, tuple[int, int]]) -> None:
-        """Per kind: (leased, served) by a process that exits cleanly."""
+        """Per kind: (leased, served) by a process that exits cleanly; its leases close."""
 
 
 class _ProcessState:
@@ -122,6 +134,10 @@ class LeasedCounterStore(Store, Prefilling):
                     leases.prefetch = runtime.start_background(
                         f"{self.label}-lease", self._lease, process, kind, 1, self.block_size
                     )
+            finished, leases.finished = leases.finished, []
+        if finished:
+            with suppress(RuntimeError):
+                runtime.start_background(f"{self.label}-close", self._close_finished, kind, finished)
         low = self.spaces[kind].low
         # The permutation is pure, so a large batch's runs are computed outside the lock.
         indexes.extend(index for start, stop in ranges for index in permutation.many(start, stop - start))
@@ -195,10 +211,15 @@ class LeasedCounterStore(Store, Prefilling):
                 return
             counter_remaining = self.counters.remaining(kind)
             leases.counter_exhausted = counter_remaining == 0
-        remaining = leases.available + counter_remaining
+        # The space is used up only once no live worker holds any of it: the others' leases are theirs to
+        # serve (never ours), and a retry that reaches them succeeds.
+        elsewhere = self.counters.held_elsewhere(kind)
+        remaining = leases.available + counter_remaining + elsewhere
         if remaining == 0 and count == 1:
             raise SpaceExhaustedError("All possible numbers have been used.")
-        raise InsufficientRemainingError(count, remaining)
+        if count > remaining:
+            raise InsufficientRemainingError(count, remaining)
+        raise HeldElsewhereError(HELD_ELSEWHERE_MESSAGE)
 
     def _collect_prefetch(self, leases: Leases) -> None:
         future = leases.prefetch
@@ -226,19 +247,28 @@ class LeasedCounterStore(Store, Prefilling):
     # The counter database.
 
     def _lease(self, process: _ProcessState, kind: NumberKind, need: int, want: int) -> Block | None:
-        """Leases at least `need` and at most `want` counters in one durable statement; None if fewer than
-        `need` are left."""
-        leased = self.counters.lease(kind, need, want)
-        if leased is None:
+        """Leases at least `need` and at most `want` counters in one durable write (exactly `need` near the
+        counter's end); None if fewer than `need` are left."""
+        lease = self.counters.lease(kind, need, want, TAIL_BLOCKS * self.block_size)
+        if lease is None:
             return None
-        start, stop = leased
-        process.leases[kind].leased += stop - start
+        leases = process.leases[kind]
+        leases.leased += lease.stop - lease.start
+        leases.in_tail = lease.left <= TAIL_BLOCKS * self.block_size
         # The size only: counter values, with the key, are the numbers served.
-        event(log, "lease_taken", stage=self.label, kind=kind, size=stop - start)
+        event(log, "lease_taken", stage=self.label, kind=kind, size=lease.stop - lease.start)
         if not process.exit_hook:
             atexit.register(self._close_leases, process)
             process.exit_hook = True
-        return Block(start, stop)
+        return Block(lease.start, lease.stop)
+
+    def _close_finished(self, kind: NumberKind, starts: list[int]) -> None:
+        """Records that this process served its leases beginning at `starts` to their end. Until it is
+        recorded, others count them as held by this process (a retry instead of `space_exhausted`)."""
+        try:
+            self.counters.close_leases(kind, starts)
+        except StoreError as err:
+            event(log, "lease_close_failed", logging.WARNING, stage=self.label, kind=kind, error=str(err))
 
     def _close_leases(self, process: _ProcessState) -> None:
         """At a clean exit, records how much of this process's leases went unserved (the known gaps)."""

@@ -6,11 +6,20 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from uniquerand.permutation import Permutation
 
 # Share of the current block served before the next one is leased in the background.
 PREFETCH_AT = 0.1
+
+
+class Lease(NamedTuple):
+    """Counters [start, stop) leased by one durable write, and how many the counter had left after it."""
+
+    start: int
+    stop: int
+    left: int
 
 
 @dataclass
@@ -34,6 +43,10 @@ class Leases:
     available: int = 0
     prefetch: Future | None = None
     counter_exhausted: bool = False
+    # The counter is near its end: leases take what a request needs, none is taken ahead.
+    in_tail: bool = False
+    # Where the blocks served to their end began (their leases are to be closed).
+    finished: list[int] = field(default_factory=list)
     leased: int = 0
     served: int = 0
     permutation: Permutation | None = None
@@ -58,7 +71,7 @@ class Leases:
             ranges.append((start, stop))
             count -= stop - start
             if stop == block.stop:
-                self.blocks.popleft()
+                self.finished.append(self.blocks.popleft().start)
         return ranges
 
     def take_one(self) -> int | None:
@@ -87,7 +100,7 @@ class Leases:
         self.available -= 1
         self.served += 1
         if block.position == block.stop:
-            self.blocks.popleft()
+            self.finished.append(self.blocks.popleft().start)
         return index
 
     def wants_prefetch(self) -> bool:
@@ -97,7 +110,7 @@ class Leases:
 
     def _may_prefetch(self) -> bool:
         """No lease is on its way, the counter is not used up, and at most one block is left."""
-        return self.prefetch is None and not self.counter_exhausted and len(self.blocks) <= 1
+        return self.prefetch is None and not (self.counter_exhausted or self.in_tail) and len(self.blocks) <= 1
 
     @staticmethod
     def _prefetch_due(block: Block, position: int) -> bool:

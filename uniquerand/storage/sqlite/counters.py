@@ -18,6 +18,7 @@ from pathlib import Path
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import InsufficientRemainingError, StoreBusyError, StoreCorruptError, StoreKeyError
+from uniquerand.storage.holders import holder_alive, this_holder
 from uniquerand.storage.keyfile import (
     FINGERPRINT_PREFIX,
     NEW_FINGERPRINT,
@@ -28,13 +29,11 @@ from uniquerand.storage.keyfile import (
     permutation_row,
     read_key,
 )
+from uniquerand.storage.leases import Lease
 from uniquerand.storage.sqlite.common import open_published, transaction, translated_errors
 
 FILE_NAME = "counters.db"
 KEY_NAME = "key"
-# Near the end of the space a lease takes at most 1/TAIL_SHARE of what is left, so that the numbers
-# held unserved by other workers when the counter runs out stay few (see docs/stages.md, /v5).
-TAIL_SHARE = 16
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (
@@ -47,18 +46,30 @@ CREATE TABLE IF NOT EXISTS counters (
     accounted INTEGER NOT NULL DEFAULT 0,
     skipped INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS leases (
+    kind TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    stop INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    open INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (kind, start)
+);
+CREATE INDEX IF NOT EXISTS leases_open ON leases (kind) WHERE open = 1;
 """
 # `next` is the high-water mark: every counter below it belongs to a lease (or a prefill). SET reads
 # the old row, so lease_start is where this lease begins. `accounted` counts leases closed cleanly
-# (and prefills), `skipped` their counters never served.
-LEASE = f"""
+# (and prefills), `skipped` their counters never served. Once no more than :tail counters are left, a lease
+# takes what its request needs and no more, so that little is held unserved when the counter runs out.
+LEASE = """
 UPDATE counters
 SET lease_start = next,
-    next = next + max(:need, min(:want, (high - low + 1 - next + {TAIL_SHARE - 1}) / {TAIL_SHARE}))
+    next = next + CASE WHEN high - low + 1 - next <= :tail THEN :need ELSE max(:need, :want) END
 WHERE kind = :kind AND high - low + 1 - next >= :need
   AND low = :low AND high = :high AND decimals = :decimals
-RETURNING lease_start, next
+RETURNING lease_start, next, high - low + 1 - next
 """
+# Each lease is recorded with its holder, open while the holder may still serve from it.
+RECORD_LEASE = "INSERT INTO leases (kind, start, stop, holder) VALUES (?, ?, ?, ?)"
 
 
 PREFILL = """
@@ -123,13 +134,29 @@ class SqliteCounters:
             connection.execute("COMMIT")
         return key, PERMUTATIONS[name]
 
-    def lease(self, kind: NumberKind, need: int, want: int) -> tuple[int, int] | None:
-        """Counters [start, stop), at least `need` and at most `want` of them, durably leased in one statement;
-        None if fewer than `need` are left."""
+    def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
+        """Counters [start, stop), at least `need` and at most `want` of them (exactly `need` once no more than
+        `tail` are left), durably leased to this process and recorded with it as their holder; None if fewer
+        than `need` are left."""
         with self._database() as connection:
             # A durable write, which may wait for another process's: off gevent's loop.
-            rows = runtime.run_blocking(self._lease_rows, connection, kind, need, want)
-        return (rows[0][0], rows[0][1]) if rows else None
+            return runtime.run_blocking(self._lease, connection, kind, need, want, tail)
+
+    def close_leases(self, kind: NumberKind, starts: list[int]) -> None:
+        """This process served every counter of its leases of `kind` that begin at `starts`."""
+        with self._database() as connection:
+            query = "UPDATE leases SET open = 0 WHERE kind = ? AND start = ? AND holder = ?"
+            runtime.run_blocking(connection.executemany, query, [(kind, start, this_holder()) for start in starts])
+
+    def held_elsewhere(self, kind: NumberKind) -> int:
+        """At most how many counters of `kind` other live processes hold (their open leases, whole)."""
+        with self._database() as connection:
+            query = (
+                "SELECT holder, sum(stop - start) FROM leases WHERE kind = ? AND open = 1 AND holder != ? "
+                "GROUP BY holder"
+            )
+            rows = connection.execute(query, (kind, this_holder())).fetchall()
+        return sum(size for holder, size in rows if holder_alive(holder))
 
     def remaining(self, kind: NumberKind) -> int:
         """Counter values not leased yet."""
@@ -152,21 +179,29 @@ class SqliteCounters:
             return {kind: tuple(values) for kind, *values in connection.execute(query).fetchall()}
 
     def account(self, unserved: dict[str, tuple[int, int]]) -> None:
-        """At a clean exit: per kind, (leased, served) by this process; the difference is a known gap."""
-        with self._database() as connection:
+        """At a clean exit: per kind, (leased, served) by this process; the difference is a known gap. Its
+        leases close: nobody will serve what is left of them."""
+        with self._database() as connection, transaction(connection):
             for kind, (leased, served) in unserved.items():
                 connection.execute(
                     "UPDATE counters SET accounted = accounted + ?, skipped = skipped + ? WHERE kind = ?",
                     (leased, leased - served, kind),
                 )
+            connection.execute("UPDATE leases SET open = 0 WHERE holder = ? AND open = 1", (this_holder(),))
 
-    def _lease_rows(self, connection: sqlite3.Connection, kind: NumberKind, need: int, want: int) -> list[tuple]:
-        rows = connection.execute(LEASE, {"need": need, "want": want, **self._space_of(kind)}).fetchall()
-        if not rows:
-            # Raises if the counter was leased in another space; takes back an unused one; then once more.
-            self._check_spaces(connection)
-            rows = connection.execute(LEASE, {"need": need, "want": want, **self._space_of(kind)}).fetchall()
-        return rows
+    def _lease(self, connection: sqlite3.Connection, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
+        parameters = {"need": need, "want": want, "tail": tail, **self._space_of(kind)}
+        with transaction(connection):
+            rows = connection.execute(LEASE, parameters).fetchall()
+            if not rows:
+                # Raises if the counter was leased in another space; takes back an unused one; then once more.
+                self._check_spaces(connection)
+                rows = connection.execute(LEASE, parameters).fetchall()
+            if not rows:
+                return None
+            lease = Lease(*rows[0])
+            connection.execute(RECORD_LEASE, (kind, lease.start, lease.stop, this_holder()))
+        return lease
 
     def _space_of(self, kind: NumberKind) -> dict[str, object]:
         """The statement parameters that tie a lease to this process's space: a counter of another space
