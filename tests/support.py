@@ -23,11 +23,12 @@ STAGE_NAMES = ("v1", "v2", "v3", "v4", "v5")
 
 def v5_store(folder: Path, spaces: dict, block_size: int, lock_timeout: float = 10.0):
     """/v5's store on SQLite in `folder`, as `uniquerand.stages.build_stages` makes it."""
+    from uniquerand.storage.contract import StoreSettings
     from uniquerand.storage.leased import LeasedCounterStore
     from uniquerand.storage.sqlite.counters import SqliteCounters
 
-    counters = SqliteCounters(Path(folder), spaces, label="v5", lock_timeout=lock_timeout)
-    return LeasedCounterStore(spaces, counters, label="v5", block_size=block_size, lock_timeout=lock_timeout)
+    settings = StoreSettings(Path(folder), spaces, "v5", lock_timeout)
+    return LeasedCounterStore(settings, SqliteCounters(settings), block_size=block_size)
 
 
 def v3_codes(database: Path, kind: str) -> set[int]:

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from uniquerand.numbers import NumberSpace
-from uniquerand.storage.contract import SpaceExhaustedError, StoreCorruptError, StoreUnavailableError
+from uniquerand.storage.contract import SpaceExhaustedError, StoreCorruptError, StoreSettings, StoreUnavailableError
 from uniquerand.storage.json_file import JsonFileStore
 
 
 def make_store(backend: str, folder: Path, int_max: int = 4294967295, lock_timeout: float = 5.0) -> JsonFileStore:
     assert backend == "json"
     spaces = {"int": NumberSpace("int", 1, int_max), "float": NumberSpace("float", 0, 10**14 - 1, 6)}
-    return JsonFileStore(folder, spaces, label="test", max_attempts=100, lock_timeout=lock_timeout)
+    return JsonFileStore(StoreSettings(folder, spaces, "test", lock_timeout))
 
 
 def codes(store, kind: str, count: int = 1) -> list[int]:

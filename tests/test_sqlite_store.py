@@ -3,7 +3,6 @@ settling recent codes into the settled table."""
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from pathlib import Path
 
@@ -12,16 +11,15 @@ import pytest
 from tests.support import v3_codes
 from tests.v4_support import rows
 from uniquerand.numbers import NumberSpace
-from uniquerand.storage.contract import SpaceExhaustedError, StoreUnavailableError
+from uniquerand.storage.contract import SpaceExhaustedError, StoreSettings, StoreUnavailableError
 from uniquerand.storage.sqlite.issued import SqliteStore
 from uniquerand.storage.sqlite.settling import SLICES
 
-BACKENDS = {"sqlite": functools.partial(SqliteStore, settle_at=40)}
-
 
 def make_store(backend: str, folder: Path, int_max: int = 4294967295, lock_timeout: float = 5.0) -> SqliteStore:
+    assert backend == "sqlite"
     spaces = {"int": NumberSpace("int", 1, int_max), "float": NumberSpace("float", 0, 10**14 - 1, 6)}
-    return BACKENDS[backend](folder, spaces, label="test", max_attempts=100, lock_timeout=lock_timeout)
+    return SqliteStore(StoreSettings(folder, spaces, "test", lock_timeout), settle_at=40)
 
 
 def issued(store, kind: str, count: int = 1) -> list[int]:
@@ -88,7 +86,7 @@ def test_sqlite_store_never_reissues_a_settled_code(tmp_path):
 def test_sqlite_store_settles_codes_of_an_earlier_wider_space(tmp_path):
     # The first store settles nothing itself (settle_at far above what it issues).
     spaces = {"int": NumberSpace("int", 1, 10_000), "float": NumberSpace("float", 0, 10**14 - 1, 6)}
-    wide = SqliteStore(tmp_path, spaces, label="test", max_attempts=100, lock_timeout=5.0, settle_at=10**6)
+    wide = SqliteStore(StoreSettings(tmp_path, spaces, "test", 5.0), settle_at=10**6)
     wide.issue("int", 500)
     assert len(v3_codes_in(tmp_path, "recent_int")) == 500
     store = make_store("sqlite", tmp_path, int_max=100)

@@ -12,7 +12,7 @@ from typing import Any
 
 from uniquerand.logs import event
 from uniquerand.numbers import NumberKind, NumberSpace
-from uniquerand.storage.contract import Store, StoreError
+from uniquerand.storage.contract import Store, StoreError, StoreSettings
 from uniquerand.storage.json_file import JsonFileStore
 from uniquerand.storage.leased import LeasedCounterStore
 from uniquerand.storage.sqlite.counters import SqliteCounters
@@ -60,16 +60,17 @@ class Stage:
 
 def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: dict) -> tuple[Stage, ...]:
     """Every stage with its store, each keeping its files in its own folder of `instance`."""
-    timeout = config["LOCK_TIMEOUT"]
+
+    def settings(name: str) -> StoreSettings:
+        return StoreSettings(instance / name, spaces, name, config["LOCK_TIMEOUT"], config["MAX_ATTEMPTS"])
+
     json_description = "one JSON file (used_numbers.json) guarded by filelock"
     return (
         Stage(
             "v1",
             "The simple server: random draws checked against a JSON file of used numbers; `type=float` read leniently.",
             json_description,
-            JsonFileStore(
-                instance / "v1", spaces, label="v1", max_attempts=config["MAX_ATTEMPTS"], lock_timeout=timeout
-            ),
+            JsonFileStore(settings("v1")),
             lenient_type=True,
             accepts_count=False,
         ),
@@ -77,50 +78,27 @@ def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: 
             "v2",
             "The documented-API stage: same store as /v1, with validated input (422 on a bad `type`).",
             json_description,
-            JsonFileStore(
-                instance / "v2", spaces, label="v2", max_attempts=config["MAX_ATTEMPTS"], lock_timeout=timeout
-            ),
+            JsonFileStore(settings("v2")),
         ),
         Stage(
             "v3",
             "The SQLite stage: the PRIMARY KEY insert is the uniqueness check, WAL, synchronous=FULL.",
             "one SQLite database (numbers.db), a table per type",
-            SqliteStore(
-                instance / "v3",
-                spaces,
-                label="v3",
-                max_attempts=config["MAX_ATTEMPTS"],
-                lock_timeout=timeout,
-                settle_at=config["V3_SETTLE_AT"],
-            ),
+            SqliteStore(settings("v3"), settle_at=config["V3_SETTLE_AT"]),
         ),
         Stage(
             "v4",
             "The sharded stage: two SQLite pools per type, claimed by one UPDATE ... RETURNING, refilled in the "
             "background from a ledger.",
             "int_shard_{0,1}.db, float_shard_{0,1}.db and ledgers used_numbers_{int,float}.db",
-            ShardedSqliteStore(
-                instance / "v4",
-                spaces,
-                label="v4",
-                max_attempts=config["MAX_ATTEMPTS"],
-                lock_timeout=timeout,
-                shard_size=config["V4_SHARD_SIZE"],
-                refill_at=config["V4_REFILL_AT"],
-            ),
+            ShardedSqliteStore(settings("v4"), shard_size=config["V4_SHARD_SIZE"], refill_at=config["V4_REFILL_AT"]),
             sources=Sources("shard", "shards", SHARD_NAME),
         ),
         Stage(
             "v5",
             "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory.",
             "a key file (key, 0600) and one SQLite database (counters.db) of per-type counters",
-            LeasedCounterStore(
-                spaces,
-                SqliteCounters(instance / "v5", spaces, label="v5", lock_timeout=timeout),
-                label="v5",
-                block_size=config["V5_BLOCK_SIZE"],
-                lock_timeout=timeout,
-            ),
+            LeasedCounterStore(settings("v5"), SqliteCounters(settings("v5")), block_size=config["V5_BLOCK_SIZE"]),
         ),
     )
 

@@ -8,6 +8,8 @@ writing a `Store` and adding it to the contract suite (tests/test_store_contract
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from uniquerand.numbers import NumberKind, NumberSpace
@@ -86,11 +88,28 @@ class Issued(NamedTuple):
     sources: list[str] | None = None
 
 
+@dataclass(frozen=True)
+class StoreSettings:
+    """What every store is built with: the folder of its files, the space of each kind (the app's own: the
+    blueprints write a code as its space says), its name in messages, how long a request waits for its locks,
+    and the random draws per number before the exact pick (for the stores that draw)."""
+
+    folder: Path
+    spaces: dict[NumberKind, NumberSpace]
+    label: str
+    lock_timeout: float
+    max_attempts: int = 100
+
+
 class Store(ABC):
     """A place that issues unique codes of each kind: what the HTTP side and the CLI may call."""
 
-    # The space of each kind, the app's own (the blueprints write a code as its space says).
-    spaces: dict[NumberKind, NumberSpace]
+    def __init__(self, settings: StoreSettings) -> None:
+        self.folder = settings.folder
+        self.spaces = settings.spaces
+        self.label = settings.label
+        self.lock_timeout = settings.lock_timeout
+        self.max_attempts = settings.max_attempts
 
     @abstractmethod
     def issue(self, kind: NumberKind, count: int = 1) -> Issued:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import filelock
 
-from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.numbers import KINDS, NumberKind
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import (
     Issued,
@@ -27,6 +26,7 @@ from uniquerand.storage.contract import (
     StoreBusyError,
     StoreCorruptError,
     StoreError,
+    StoreSettings,
     StoreUnavailableError,
     os_failure,
 )
@@ -129,21 +129,9 @@ class JsonFileTarget:
 
 
 class JsonFileStore(Store, Prefilling):
-    def __init__(
-        self,
-        folder: str | os.PathLike[str],
-        spaces: dict[NumberKind, NumberSpace],
-        *,
-        label: str,
-        max_attempts: int,
-        lock_timeout: float,
-    ) -> None:
-        self.folder = Path(folder)
+    def __init__(self, settings: StoreSettings) -> None:
+        super().__init__(settings)
         self.path = self.folder / FILE_NAME
-        self.spaces = spaces
-        self.label = label
-        self.max_attempts = max_attempts
-        self.lock_timeout = lock_timeout
         self._committer = runtime.PerProcess(self._new_committer)
 
     def issue(self, kind: NumberKind, count: int = 1) -> Issued:

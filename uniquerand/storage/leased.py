@@ -23,7 +23,7 @@ from contextlib import suppress
 from typing import Protocol
 
 from uniquerand.logs import event
-from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.numbers import KINDS, NumberKind
 from uniquerand.permutation import Permutation
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import (
@@ -35,6 +35,7 @@ from uniquerand.storage.contract import (
     Store,
     StoreBusyError,
     StoreError,
+    StoreSettings,
 )
 from uniquerand.storage.keyfile import PermutationType
 from uniquerand.storage.leases import Block, Lease, Leases
@@ -87,23 +88,13 @@ class _ProcessState:
 
 
 class LeasedCounterStore(Store, Prefilling):
-    def __init__(
-        self,
-        spaces: dict[NumberKind, NumberSpace],
-        counters: Counters,
-        *,
-        label: str,
-        block_size: int,
-        lock_timeout: float,
-    ) -> None:
-        self.spaces = spaces
+    def __init__(self, settings: StoreSettings, counters: Counters, *, block_size: int) -> None:
+        super().__init__(settings)
         self.counters = counters
-        self.label = label
         self.block_size = block_size
-        self.lock_timeout = lock_timeout
         # A forked child starts with nothing of its parent's: leases inherited by two processes would be
         # served twice.
-        self._process = runtime.PerProcess(lambda: _ProcessState(lock_timeout, self._busy_error))
+        self._process = runtime.PerProcess(lambda: _ProcessState(self.lock_timeout, self._busy_error))
 
     def issue(self, kind: NumberKind, count: int = 1) -> Issued:
         process = self._process.get()

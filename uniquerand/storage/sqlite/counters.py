@@ -13,11 +13,16 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.numbers import KINDS, NumberKind
 from uniquerand.storage import runtime
-from uniquerand.storage.contract import InsufficientRemainingError, StoreBusyError, StoreCorruptError, StoreKeyError
+from uniquerand.storage.contract import (
+    InsufficientRemainingError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreKeyError,
+    StoreSettings,
+)
 from uniquerand.storage.holders import holder_alive, this_holder
 from uniquerand.storage.keyfile import (
     FINGERPRINT_PREFIX,
@@ -87,13 +92,13 @@ def _remaining(connection: sqlite3.Connection, kind: NumberKind) -> int:
 class SqliteCounters:
     """`folder`'s counter database and key, for one `LeasedCounterStore`."""
 
-    def __init__(self, folder: Path, spaces: dict[NumberKind, NumberSpace], *, label: str, lock_timeout: float) -> None:
-        self.folder = folder
-        self.path = folder / FILE_NAME
-        self.key_path = folder / KEY_NAME
-        self.spaces = spaces
-        self.label = label
-        self.lock_timeout = lock_timeout
+    def __init__(self, settings: StoreSettings) -> None:
+        self.folder = settings.folder
+        self.path = settings.folder / FILE_NAME
+        self.key_path = settings.folder / KEY_NAME
+        self.spaces = settings.spaces
+        self.label = settings.label
+        self.lock_timeout = settings.lock_timeout
         self._process = runtime.PerProcess(_Connection)
 
     def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:

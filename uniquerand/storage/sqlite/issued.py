@@ -13,14 +13,12 @@ A file that is not a database is never touched: the store fails closed.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
-from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.numbers import KINDS, NumberKind
 from uniquerand.storage import runtime
-from uniquerand.storage.contract import Issued, Prefilling, Store, StoreBusyError, StoreCorruptError
+from uniquerand.storage.contract import Issued, Prefilling, Store, StoreBusyError, StoreCorruptError, StoreSettings
 from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.picking import pick_unused
 from uniquerand.storage.sqlite.common import SqliteTarget, insert_new_codes, open_published, translated_errors
@@ -48,26 +46,13 @@ CLAIM = {
 
 
 class SqliteStore(Store, Prefilling):
-    def __init__(
-        self,
-        folder: str | os.PathLike[str],
-        spaces: dict[NumberKind, NumberSpace],
-        *,
-        label: str,
-        max_attempts: int,
-        lock_timeout: float,
-        settle_at: int,
-    ) -> None:
-        self.folder = Path(folder)
+    def __init__(self, settings: StoreSettings, *, settle_at: int) -> None:
+        super().__init__(settings)
         self.path = self.folder / FILE_NAME
-        self.spaces = spaces
-        self.label = label
-        self.max_attempts = max_attempts
-        self.lock_timeout = lock_timeout
         self.settle_at = settle_at
         self._readers = runtime.PerProcess(runtime.os_thread_local)  # stats' connections, one per OS thread
         self._committer = runtime.PerProcess(self._new_committer)
-        self._settler = runtime.PerProcess(lambda: Settler(spaces, self.settle_at, self._committer.get()))
+        self._settler = runtime.PerProcess(lambda: Settler(self.spaces, self.settle_at, self._committer.get()))
 
     def issue(self, kind: NumberKind, count: int = 1) -> Issued:
         # A single number is claimed by its job's last statement (see pick_unused): no savepoint needed.

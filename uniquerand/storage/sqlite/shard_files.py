@@ -11,10 +11,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 
-from uniquerand.numbers import NumberKind, NumberSpace
-from uniquerand.storage.contract import StoreBusyError, StoreCorruptError
+from uniquerand.numbers import NumberKind
+from uniquerand.storage.contract import StoreBusyError, StoreCorruptError, StoreSettings
 from uniquerand.storage.sqlite.common import open_published, transaction, translated_errors
 
 SHARDS_PER_KIND = 2
@@ -87,11 +86,11 @@ class ShardFiles:
     """Opens the shards and ledgers of `folder` and takes its flocks. Keeps no open file or lock itself:
     connections and lock descriptors belong to the process state of the store that uses them."""
 
-    def __init__(self, folder: Path, spaces: dict[NumberKind, NumberSpace], *, label: str, lock_timeout: float) -> None:
-        self.folder = folder
-        self.spaces = spaces
-        self.label = label
-        self.lock_timeout = lock_timeout
+    def __init__(self, settings: StoreSettings) -> None:
+        self.folder = settings.folder
+        self.spaces = settings.spaces
+        self.label = settings.label
+        self.lock_timeout = settings.lock_timeout
 
     def open(self, name: str) -> sqlite3.Connection:
         # Two processes switching a new file to WAL at once get "database is locked" without waiting.

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from uniquerand.logs import event
-from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.numbers import KINDS, NumberKind
 from uniquerand.storage import runtime
-from uniquerand.storage.contract import InsufficientRemainingError, StoreBusyError
+from uniquerand.storage.contract import InsufficientRemainingError, StoreBusyError, StoreSettings
 from uniquerand.storage.sqlite.shard_files import ShardFiles, count_available, kind_of, ledger_name, shard_names
 from uniquerand.storage.sqlite.shard_ledger import REFILL_CHUNK, add_to_shard, record_refill, reserve
 
@@ -54,21 +54,19 @@ class _Scheduled:
 class ShardRefiller:
     def __init__(
         self,
+        settings: StoreSettings,
         files: ShardFiles,
-        spaces: dict[NumberKind, NumberSpace],
         write: ShardWrite,
         connection: Callable[[str], sqlite3.Connection],
         *,
-        max_attempts: int,
-        lock_timeout: float,
         shard_size: int,
         refill_at: int,
     ) -> None:
         self.files = files
-        self.spaces = spaces
-        self.label = files.label
-        self.max_attempts = max_attempts
-        self.lock_timeout = lock_timeout
+        self.spaces = settings.spaces
+        self.label = settings.label
+        self.max_attempts = settings.max_attempts
+        self.lock_timeout = settings.lock_timeout
         self.shard_size = shard_size
         self.refill_at = refill_at
         self._write = write

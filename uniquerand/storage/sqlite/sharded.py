@@ -14,17 +14,15 @@ Durability: WAL with synchronous=FULL: a claim is on disk before it is returned.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
-from uniquerand.numbers import KINDS, NumberKind, NumberSpace
+from uniquerand.numbers import KINDS, NumberKind
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import (
     InsufficientRemainingError,
@@ -35,6 +33,7 @@ from uniquerand.storage.contract import (
     Store,
     StoreBusyError,
     StoreCorruptError,
+    StoreSettings,
     StoreUnavailableError,
 )
 from uniquerand.storage.group_commit import GroupCommitter
@@ -69,31 +68,18 @@ class _Serving:
 
 
 class ShardedSqliteStore(Store, Prefilling):
-    def __init__(
-        self,
-        folder: str | os.PathLike[str],
-        spaces: dict[NumberKind, NumberSpace],
-        *,
-        label: str,
-        max_attempts: int,
-        lock_timeout: float,
-        shard_size: int,
-        refill_at: int,
-    ) -> None:
-        self.folder = Path(folder)
-        self.spaces = spaces
-        self.label = label
-        self.lock_timeout = lock_timeout
+    def __init__(self, settings: StoreSettings, *, shard_size: int, refill_at: int) -> None:
+        super().__init__(settings)
         self.refill_at = refill_at
-        self._files = ShardFiles(self.folder, spaces, label=label, lock_timeout=lock_timeout)
+        self._files = ShardFiles(settings)
         self._serving = runtime.PerProcess(_Serving)
         # Per thread, and under gevent per greenlet: each refill keeps its own connections for its transactions.
         self._refill_connections = runtime.PerProcess(lambda: threading.local())
         # Stats read on the request's own OS thread: one connection per file and OS thread, not per request.
         self._stats_connections = runtime.PerProcess(runtime.os_thread_local)
         self.refiller = ShardRefiller(
-            self._files, spaces, self._write_job, partial(self._connection, self._refill_connections),
-            max_attempts=max_attempts, lock_timeout=lock_timeout, shard_size=shard_size, refill_at=refill_at,
+            settings, self._files, self._write_job, partial(self._connection, self._refill_connections),
+            shard_size=shard_size, refill_at=refill_at,
         )  # fmt: skip
 
     def issue(self, kind: NumberKind, count: int = 1) -> Issued:
