@@ -196,9 +196,12 @@ def test_v4_fresh_server_answers_its_first_request_of_each_type(make_server, ins
         assert sorted(shard["last_refill"]["added"] for shard in shards.values()) == [10000, 10000]
 
 
-def test_v4_server_started_on_low_pools_tops_them_up_before_serving(make_server, filled_shards):
-    settings = {"V4_SHARD_SIZE": 1000, "V4_REFILL_AT": 900, "MAX_COUNT": 1000}
-    filled_shards(100, **settings)  # as a server stopped with its pools low leaves them
+@pytest.mark.parametrize("refill_at", [900, 0])
+def test_v4_server_started_on_low_pools_tops_them_up_before_serving(make_server, filled_shards, refill_at):
+    # V4_REFILL_AT=0 refills only empty shards: these are, at the start, for a new folder's int shards.
+    settings = {"V4_SHARD_SIZE": 1000, "V4_REFILL_AT": refill_at, "MAX_COUNT": 1000}
+    if refill_at:
+        filled_shards(100, **settings)  # as a server stopped with its pools low leaves them
     server = make_server(env={f"UNIQUERAND_{key}": str(value) for key, value in settings.items()}, workers=2)
     status, body, _ = server.get("/v4/random?count=1000")
     assert status == 200, body

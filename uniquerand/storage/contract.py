@@ -63,8 +63,9 @@ class SpaceExhaustedError(StoreError):
 
 
 class HeldElsewhereError(StoreError):
-    """What is left of the space is held by other live workers (leased, not served yet): they serve it, and a
-    retry that reaches one of them succeeds. Never said once no live worker may serve a number."""
+    """What is left of the space (or, for a batch, enough for it) is held by other live workers, leased and not
+    served yet: they serve it, and a retry that reaches one of them may succeed. Never said once no live
+    worker may serve what was asked."""
 
 
 class ShardsEmptyError(StoreError):

@@ -6,7 +6,9 @@ ever serves them. Whether the holder still lives decides only what the others an
 space is used up: "retry, numbers are held elsewhere" while it may still serve them, "exhausted" once it
 cannot. A process killed with `kill -9` is gone for good; a paused one (SIGSTOP, a debugger) lives, and its
 numbers wait for it. The start time tells a pid reused by another process from the holder itself, and the
-boot id tells a holder of an earlier boot (every such process is gone).
+boot id tells a holder of an earlier boot (every such process is gone). Both come from Linux's /proc; without
+it a holder is its pid alone. Processes that share an instance folder must see each other's pids: one host,
+one PID namespace (containers sharing a folder share their PID namespace too).
 """
 
 from __future__ import annotations
@@ -20,17 +22,27 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 @lru_cache(maxsize=1)
 def _boot_id() -> str:
-    return BOOT_ID.read_text().strip()
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return "no-boot-id"
 
 
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), or None if it is
-    gone (a zombie is gone: it serves nothing)."""
+    gone (a zombie is gone: it serves nothing); "?" where there is no /proc to ask."""
+    if not _has_proc():
+        return "?"
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return None if fields[0] in ("Z", "X") else fields[19]
+
+
+@lru_cache(maxsize=1)
+def _has_proc() -> bool:
+    return Path("/proc/self/stat").exists()
 
 
 @lru_cache(maxsize=4)
@@ -46,4 +58,14 @@ def this_holder() -> str:
 def holder_alive(holder: str) -> bool:
     """Whether the process `holder` names still runs on this host. A holder of another boot does not."""
     boot, pid, started = holder.rsplit(":", 2)
-    return boot == _boot_id() and _start_time(int(pid)) == started
+    if boot != _boot_id():
+        return False
+    if started == "?":
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _start_time(int(pid)) == started

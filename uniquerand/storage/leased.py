@@ -5,7 +5,7 @@ P is a keyed Feistel permutation of the space's indexes: the mixed-radix network
 (`uniquerand.aes_permutation`), an earlier release's network (`uniquerand.permutation`) for a database it
 served; the database records which (see `keyfile.PERMUTATIONS`), so every counter of it is served by the
 same P. The indexes of a block's next counters are computed together (`Leases.take_index`).
-Concurrency: a lease [c, c + n) is one durable statement of the backend, so the leases of all processes are
+Concurrency: a lease [c, c + n) is one durable transaction of the backend, so the leases of all processes are
 disjoint; threads of a process take counters from its leases under one thread lock. P is a bijection, so
 distinct counters are distinct codes: no code is ever issued twice.
 Durability: a lease is durable before any of its counters is served. A crash loses at most the unserved
@@ -60,8 +60,8 @@ class Counters(Protocol):
     def close_leases(self, kind: NumberKind, starts: list[int]) -> None:
         """This process has served every counter of its leases of `kind` that begin at `starts`."""
 
-    def held_elsewhere(self, kind: NumberKind) -> int:
-        """At most how many counters of `kind` other live processes hold (leased, maybe not served yet)."""
+    def held_elsewhere(self, kind: NumberKind) -> list[int]:
+        """Per other live process holding open leases of `kind`: at most how many counters it holds."""
 
     def remaining(self, kind: NumberKind) -> int:
         """Counter values not leased yet."""
@@ -159,21 +159,22 @@ class LeasedCounterStore(Store, Prefilling):
                     future.result(timeout=self.lock_timeout)
                 with process.lock:
                     self._collect_prefetch(leases)
-        rows = self.counters.counters()
+        # The counter and what this process holds, read together: a lease landing in between would count twice.
+        with process.lock:
+            rows = self.counters.counters()
+            held = {kind: (process.leases[kind].available, process.leases[kind].served) for kind in KINDS}
         result = {}
         for kind in KINDS:
             counter, accounted, skipped = rows.get(kind, (0, 0, 0))
-            leases = process.leases[kind]
-            with process.lock:
-                held, served = leases.available, leases.served
+            held_here, served = held[kind]
             size = self.spaces[kind].size
             result[kind] = {
                 "counter": counter,
-                "issued": counter - held,
+                "issued": counter - held_here,
                 "served_by_this_process": served,
-                "held_by_this_process": held,
+                "held_by_this_process": held_here,
                 "space_size": size,
-                "remaining": size - counter + held,
+                "remaining": size - counter + held_here,
                 "skipped": skipped,
                 "unaccounted": counter - accounted,
             }
@@ -203,13 +204,16 @@ class LeasedCounterStore(Store, Prefilling):
             counter_remaining = self.counters.remaining(kind)
             leases.counter_exhausted = counter_remaining == 0
         # The space is used up only once no live worker holds any of it: the others' leases are theirs to
-        # serve (never ours), and a retry that reaches them succeeds.
+        # serve (never ours), and a retry that reaches them succeeds. A batch is served by one worker: at
+        # most what one holder has (at most its open leases, whole) plus what the counter has left.
         elsewhere = self.counters.held_elsewhere(kind)
-        remaining = leases.available + counter_remaining + elsewhere
-        if remaining == 0 and count == 1:
-            raise SpaceExhaustedError("All possible numbers have been used.")
-        if count > remaining:
-            raise InsufficientRemainingError(count, remaining)
+        if count == 1:
+            if not elsewhere:
+                raise SpaceExhaustedError("All possible numbers have been used.")
+            raise HeldElsewhereError(HELD_ELSEWHERE_MESSAGE)
+        largest = counter_remaining + max([leases.available, *elsewhere])
+        if count > largest:
+            raise InsufficientRemainingError(count, largest)
         raise HeldElsewhereError(HELD_ELSEWHERE_MESSAGE)
 
     def _collect_prefetch(self, leases: Leases) -> None:
@@ -260,6 +264,10 @@ class LeasedCounterStore(Store, Prefilling):
             self.counters.close_leases(kind, starts)
         except StoreError as err:
             event(log, "lease_close_failed", logging.WARNING, stage=self.label, kind=kind, error=str(err))
+            # A later request that finishes a block closes these too: an open lease keeps the others retrying.
+            process = self._process.get()
+            with process.lock:
+                process.leases[kind].finished.extend(starts)
 
     def _close_leases(self, process: _ProcessState) -> None:
         """At a clean exit, records how much of this process's leases went unserved (the known gaps)."""
@@ -277,7 +285,7 @@ class LeasedCounterStore(Store, Prefilling):
             for leases in process.leases.values():
                 leases.leased = leases.served = 0
         except StoreError as err:
-            log.warning("could not record the unserved rest of the %s leases: %s", self.label, err)
+            event(log, "account_failed", logging.WARNING, stage=self.label, error=str(err))
 
     # The key and the permutation.
 

@@ -1,5 +1,6 @@
 """/v5's leases in memory: the counter blocks a process leased for one kind, served in lease order, and when
-to lease the next block in the background. Not thread-safe: the store serves them under its thread lock."""
+to lease the next block in the background. Not thread-safe: the store serves them under its process lock (a lease
+taken in the background only adds to `leased` and sets `in_tail`)."""
 
 from __future__ import annotations
 

@@ -143,12 +143,13 @@ def transaction(connection: sqlite3.Connection) -> Iterator[None]:
     connection.execute("BEGIN IMMEDIATE")
     try:
         yield
+        connection.execute("COMMIT")
     except BaseException:
-        # SQLite may have rolled back already (a full disk); a second ROLLBACK would hide the first error.
+        # SQLite may have rolled back already (a full disk); a second ROLLBACK would hide the first error. A
+        # COMMIT that failed leaves the transaction open: it must not hold the write lock for later ones.
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
-    connection.execute("COMMIT")
 
 
 class SqliteTarget:

@@ -2,9 +2,10 @@
 the LEASE statement, opening the database with the check that each counter belongs to the configured space,
 the key check against the fingerprint the database keeps, and the permutation it records for its counters.
 
-A lease is one `UPDATE ... RETURNING` statement in autocommit mode, with WAL and `synchronous=FULL`: it is on
-disk, and disjoint from every other process's, before any of its counters is served. One connection per
-process, used by one thread at a time (the store's process state holds the lock).
+A lease is one transaction (`BEGIN IMMEDIATE`, an `UPDATE ... RETURNING` of the counter, the lease recorded with
+its holder, `COMMIT`), with WAL and `synchronous=FULL`: it is on disk, and disjoint from every other process's,
+before any of its counters is served. One connection per process, used by one thread at a time (`_Connection`
+holds its lock).
 """
 
 from __future__ import annotations
@@ -153,15 +154,16 @@ class SqliteCounters:
             query = "UPDATE leases SET open = 0 WHERE kind = ? AND start = ? AND holder = ?"
             runtime.run_blocking(connection.executemany, query, [(kind, start, this_holder()) for start in starts])
 
-    def held_elsewhere(self, kind: NumberKind) -> int:
-        """At most how many counters of `kind` other live processes hold (their open leases, whole)."""
+    def held_elsewhere(self, kind: NumberKind) -> list[int]:
+        """Per other live process holding open leases of `kind`: at most how many counters it holds (its open
+        leases, whole)."""
         with self._database() as connection:
             query = (
                 "SELECT holder, sum(stop - start) FROM leases WHERE kind = ? AND open = 1 AND holder != ? "
                 "GROUP BY holder"
             )
             rows = connection.execute(query, (kind, this_holder())).fetchall()
-        return sum(size for holder, size in rows if holder_alive(holder))
+            return [size for holder, size in rows if holder_alive(holder)]
 
     def remaining(self, kind: NumberKind) -> int:
         """Counter values not leased yet."""

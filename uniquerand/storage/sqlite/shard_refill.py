@@ -81,7 +81,8 @@ class ShardRefiller:
         for kind in KINDS:
             for name in shard_names(kind):
                 with self.files.translated_errors(name):
-                    if count_available(self._connection(name)) >= self.refill_at:
+                    # Empty counts as low whatever the mark (V4_REFILL_AT=0 refills only empty shards).
+                    if count_available(self._connection(name)) >= max(self.refill_at, 1):
                         continue
                 if self.refill(name, self.shard_size, wait=self.lock_timeout) is None:
                     self.schedule(name)
@@ -102,7 +103,7 @@ class ShardRefiller:
                     f"{self.label}-refill", self._refill_in_background, scheduled, name
                 )
             except RuntimeError:
-                log.warning("refill of %s not scheduled: the interpreter is shutting down", name)
+                event(log, "refill_not_scheduled", logging.WARNING, stage=self.label, shard=name)
 
     def _refill_in_background(self, scheduled: _Scheduled, name: str) -> None:
         while True:

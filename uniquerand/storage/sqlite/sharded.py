@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
+from uniquerand.logs import event
 from uniquerand.numbers import KINDS, NumberKind
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import (
@@ -60,11 +61,10 @@ def claim_rows(connection: sqlite3.Connection, count: int) -> list[tuple[int, in
 
 @dataclass
 class _Serving:
-    """This process's writers (by shard, or by kind: any of its shards) and the kinds found used up."""
+    """This process's writers (by shard, or by kind: any of its shards)."""
 
     guard: threading.Lock = field(default_factory=threading.Lock)
     writers: dict[str, GroupCommitter] = field(default_factory=dict)
-    exhausted: set[str] = field(default_factory=set)
 
 
 class ShardedSqliteStore(Store, Prefilling):
@@ -84,8 +84,6 @@ class ShardedSqliteStore(Store, Prefilling):
 
     def issue(self, kind: NumberKind, count: int = 1) -> Issued:
         """`count` codes with the shard each came from, durably marked used, never returned before."""
-        if kind in self._serving.get().exhausted:
-            self._raise_exhausted(count, 0)
         names = shard_names(kind)
         if count == 1:
             # The typical request: grouped with the others of its kind, in a shard drawn for the group.
@@ -165,13 +163,12 @@ class ShardedSqliteStore(Store, Prefilling):
                 self._writer(name).submit(lambda connection, query=query, ids=ids: connection.execute(query, ids))
             except (StoreBusyError, StoreUnavailableError, StoreCorruptError):
                 # They stay marked used: lost, never served, which is the safe direction.
-                log.warning("could not put back %d claimed rows of %s", len(ids), name, exc_info=True)
+                event(log, "putback_failed", logging.WARNING, stage=self.label, shard=name, rows=len(ids))
 
     def _raise_shortage(self, kind: NumberKind, count: int) -> None:
         remaining = self._exact_remaining(kind)
         if remaining is not None and remaining < count:
-            if remaining == 0:
-                self._serving.get().exhausted.add(kind)
+            # Not remembered: rows claimed by a batch that another process cannot complete come back.
             self._raise_exhausted(count, remaining)
         for name in shard_names(kind):
             self.refiller.schedule(name)
