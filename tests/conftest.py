@@ -1,4 +1,5 @@
-"""Fixtures: an app on a private instance folder, its test client and CLI runner, and real gunicorn servers."""
+"""Fixtures: an app on a private instance folder, its test client and CLI runner, real gunicorn servers, and a
+real PostgreSQL server with a database per test."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import os
 
 import pytest
 
+from tests import postgres as postgres_server
 from tests.support import GunicornServer
 from uniquerand import create_app
+from uniquerand.storage.postgres.database import Database
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +18,23 @@ def _clean_environment(monkeypatch):
     for key in list(os.environ):
         if key.startswith("UNIQUERAND_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def _close_database_connections(monkeypatch):
+    """Closes the PostgreSQL connections a test's stores opened when it ends: a store keeps its pool for its
+    process's life, and the suite's hundreds of stores would use up the test server's connections."""
+    opened: list[Database] = []
+    open_pool = Database._open_pool
+
+    def open_and_remember(database: Database):
+        opened.append(database)
+        return open_pool(database)
+
+    monkeypatch.setattr(Database, "_open_pool", open_and_remember)
+    yield
+    for database in opened:
+        database.close()
 
 
 @pytest.fixture
@@ -72,3 +92,16 @@ def make_server(instance_path):
     yield start
     for server in servers:
         server.stop(graceful=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> postgres_server.Cluster:
+    """The session's PostgreSQL server, started by the first test that asks for it (see tests/postgres.py)."""
+    # Closed at exit (tests/postgres.py), after the stores' own exit hooks, which still use it.
+    return postgres_server.cluster()
+
+
+@pytest.fixture
+def database_url(postgres, tmp_path) -> str:
+    """A database of the test's own on the session's server: its URL."""
+    return postgres_server.database_for(tmp_path)

@@ -21,6 +21,7 @@ from pathlib import Path
 import filelock
 import pytest
 
+from tests.postgres import database_for
 from tests.support import finish_process
 from uniquerand import config as settings
 from uniquerand.numbers import spaces_from_config
@@ -72,15 +73,28 @@ def _flocks(folder: Path, *names: str):
             os.close(descriptor)
 
 
+@contextmanager
+def _table_lock(folder: Path, *tables: str):
+    """Every table named, locked against all other access by a transaction of another connection."""
+    import psycopg
+
+    with psycopg.connect(database_for(folder.parent)) as connection:
+        connection.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+        yield
+
+
 @dataclass(frozen=True)
 class Backend:
     """A store in the contract suite: the stage that builds it, the settings that select its backend, what
-    another process holds to keep its writers waiting, and the files that make up its int records."""
+    another process holds to keep its writers waiting, and the files that make up its int records (none for a
+    database: its refusals of foreign tables are tests/test_postgres_store.py's)."""
 
     stage: str
     hold_write_lock: Callable[[Path], object]
     int_files: tuple[str, ...]
     settings: tuple[tuple[str, object], ...] = ()
+    # On a PostgreSQL database of its own per instance folder (the test server's, see tests/postgres.py).
+    postgres: bool = False
 
 
 BACKENDS = {
@@ -93,13 +107,18 @@ BACKENDS = {
         ("int_shard_0.db", "int_shard_1.db", "used_numbers_int.db"),
     ),
     "v5-sqlite": Backend("v5", lambda folder: _sqlite_write_lock(folder, "counters.db"), ("counters.db",)),
+    "v3-postgres": Backend("v3", lambda folder: _table_lock(folder, "uniquerand_v3_int"), (), postgres=True),
+    "v4-postgres": Backend("v4", lambda folder: _table_lock(folder, "uniquerand_v4_pool_int"), (), postgres=True),
+    "v5-postgres": Backend("v5", lambda folder: _table_lock(folder, "uniquerand_v5_counters"), (), postgres=True),
 }
 
 
 def make_store(backend: str, instance: Path, **overrides) -> Store:
     """The backend's store in `instance`, built as the app builds it, with SMALL and `overrides` settings."""
     entry = BACKENDS[backend]
-    config = {**settings.DEFAULTS, **SMALL, **dict(entry.settings), **overrides, "INSTANCE_PATH": str(instance)}
+    database = {"DATABASE_URL": database_for(instance)} if entry.postgres else {}
+    config = {**settings.DEFAULTS, **SMALL, **dict(entry.settings), **database, **overrides}
+    config["INSTANCE_PATH"] = str(instance)
     settings.validate(config)
     [stage] = [
         stage for stage in build_stages(instance, spaces_from_config(config), config) if stage.name == entry.stage
@@ -128,6 +147,14 @@ def issue(store: Store, kind: str, count: int = 1, deadline: float = 20.0) -> li
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request) -> str:
+    if BACKENDS[request.param].postgres:
+        request.getfixturevalue("postgres")
+    return request.param
+
+
+@pytest.fixture(params=sorted(name for name, entry in BACKENDS.items() if not entry.postgres))
+def file_backend(request) -> str:
+    """The stores kept in files (a database's foreign tables are refused in tests/test_postgres_store.py)."""
     return request.param
 
 
@@ -277,7 +304,8 @@ def test_a_held_write_lock_makes_the_store_busy_within_its_timeout(backend, tmp_
 
 
 @pytest.mark.parametrize("content", [b"", b"{not json", b"not a store, but somebody's data\n" * 200, b"\xff\xfe"])
-def test_unreadable_files_are_refused_and_left_untouched(backend, tmp_path, content):
+def test_unreadable_files_are_refused_and_left_untouched(file_backend, tmp_path, content):
+    backend = file_backend
     # Written by another process that has exited: no connection of this one keeps the old files open.
     writer = SPAWN.Process(target=issue_in_process, args=(backend, str(tmp_path), 5, str(tmp_path / "out.json")))
     writer.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from uniquerand.numbers import FLOAT_STEPS_LIMIT, JSON_SAFE_LIMIT
 
@@ -32,6 +33,11 @@ DEFAULTS: dict[str, Any] = {
     # refilled in the background (None: half the shard size).
     "V4_SHARD_SIZE": 10000,
     "V4_REFILL_AT": None,
+    # A PostgreSQL URI (libpq's syntax and parameters): when set, /v3, /v4 and /v5 keep all their state in
+    # that database, which several servers may share. Empty: SQLite files in the instance folder.
+    "DATABASE_URL": "",
+    # Connections each worker process may open to it (a deployment needs hosts x workers x this many).
+    "DATABASE_POOL_SIZE": 8,
 }
 
 
@@ -118,6 +124,7 @@ def validate(config: dict) -> None:
     config["V3_SETTLE_AT"] = _integer(config, "V3_SETTLE_AT", 1, 100_000_000)
     config["V5_BLOCK_SIZE"] = _integer(config, "V5_BLOCK_SIZE", 1, 1_000_000)
     _validate_v4(config)
+    _validate_database(config)
 
 
 def _validate_v4(config: dict) -> None:
@@ -129,3 +136,17 @@ def _validate_v4(config: dict) -> None:
     if size < config["MAX_COUNT"]:
         # A batch is claimed from the shards' content; shards smaller than a batch could never serve it.
         raise ConfigError(f"V4_SHARD_SIZE ({size}) must be at least MAX_COUNT ({config['MAX_COUNT']}).")
+
+
+def _validate_database(config: dict) -> None:
+    url = config["DATABASE_URL"] = str(config["DATABASE_URL"] or "").strip()
+    config["DATABASE_POOL_SIZE"] = _integer(config, "DATABASE_POOL_SIZE", 2, 1000)
+    if not url:
+        return
+    # Checked without the driver, which must not be imported before a gevent worker patched itself.
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.query):
+        raise ConfigError(
+            "DATABASE_URL must be a PostgreSQL URI such as postgresql://user@host:5432/dbname, "
+            f"got one starting with {url.split(':', 1)[0]!r}."
+        )

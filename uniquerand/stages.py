@@ -6,6 +6,7 @@ Adding a stage, or serving one from another backend, is a change to `build_stage
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ from uniquerand.numbers import NumberKind, NumberSpace
 from uniquerand.storage.contract import Store, StoreError, StoreSettings
 from uniquerand.storage.json_file import JsonFileStore
 from uniquerand.storage.leased import LeasedCounterStore
+from uniquerand.storage.postgres.counters import PostgresCounters
+from uniquerand.storage.postgres.database import Database
+from uniquerand.storage.postgres.issued import PostgresStore
+from uniquerand.storage.postgres.sharded import ShardedPostgresStore
 from uniquerand.storage.sqlite.counters import SqliteCounters
 from uniquerand.storage.sqlite.issued import SqliteStore
 from uniquerand.storage.sqlite.sharded import ShardedSqliteStore
@@ -59,13 +64,14 @@ class Stage:
 
 
 def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: dict) -> tuple[Stage, ...]:
-    """Every stage with its store, each keeping its files in its own folder of `instance`."""
+    """Every stage with its store, each keeping its files in its own folder of `instance`; with a
+    DATABASE_URL, /v3, /v4 and /v5 keep their state in that PostgreSQL database instead."""
 
     def settings(name: str) -> StoreSettings:
         return StoreSettings(instance / name, spaces, name, config["LOCK_TIMEOUT"], config["MAX_ATTEMPTS"])
 
     json_description = "one JSON file (used_numbers.json) guarded by filelock"
-    return (
+    stages = (
         Stage(
             "v1",
             "The simple server: random draws checked against a JSON file of used numbers; `type=float` read leniently.",
@@ -80,6 +86,11 @@ def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: 
             json_description,
             JsonFileStore(settings("v2")),
         ),
+    )
+    if config["DATABASE_URL"]:
+        return (*stages, *_postgres_stages(settings, config))
+    return (
+        *stages,
         Stage(
             "v3",
             "The SQLite stage: the PRIMARY KEY insert is the uniqueness check, WAL, synchronous=FULL.",
@@ -99,6 +110,38 @@ def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: 
             "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory.",
             "a key file (key, 0600) and one SQLite database (counters.db) of per-type counters",
             LeasedCounterStore(settings("v5"), SqliteCounters(settings("v5")), block_size=config["V5_BLOCK_SIZE"]),
+        ),
+    )
+
+
+def _postgres_stages(settings: Callable[[str], StoreSettings], config: dict) -> tuple[Stage, ...]:
+    """/v3, /v4 and /v5 on the PostgreSQL database of DATABASE_URL, which every server pointed at it shares."""
+    database = Database(config["DATABASE_URL"], pool_size=config["DATABASE_POOL_SIZE"], timeout=config["LOCK_TIMEOUT"])
+    return (
+        Stage(
+            "v3",
+            "The SQL stage on PostgreSQL: the PRIMARY KEY insert (ON CONFLICT DO NOTHING RETURNING) is the "
+            "uniqueness check, shared by every server on the database.",
+            "PostgreSQL tables uniquerand_v3_int and uniquerand_v3_float",
+            PostgresStore(settings("v3"), database),
+        ),
+        Stage(
+            "v4",
+            "The sharded stage on PostgreSQL: two pools per type, claimed by DELETE ... FOR UPDATE SKIP LOCKED "
+            "RETURNING, refilled in the background from a ledger.",
+            "PostgreSQL tables uniquerand_v4_pool_{int,float}, uniquerand_v4_ledger_{int,float}, uniquerand_v4_shards",
+            ShardedPostgresStore(
+                settings("v4"), database, shard_size=config["V4_SHARD_SIZE"], refill_at=config["V4_REFILL_AT"]
+            ),
+            sources=Sources("shard", "shards", SHARD_NAME),
+        ),
+        Stage(
+            "v5",
+            "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory.",
+            "a key file (key, 0600, the same on every server) and the PostgreSQL table uniquerand_v5_counters",
+            LeasedCounterStore(
+                settings("v5"), PostgresCounters(settings("v5"), database), block_size=config["V5_BLOCK_SIZE"]
+            ),
         ),
     )
 

@@ -1,0 +1,268 @@
+"""PostgresCounters: /v5's counters in PostgreSQL, the backend of `LeasedCounterStore` that several hosts share.
+
+A lease is one transaction: an `UPDATE ... RETURNING` of the kind's counter row (the row lock orders the
+leases of every host; never a sequence, whose `nextval` is not transactional and can repeat after a crash),
+the lease recorded with its holder, COMMIT with `synchronous_commit=on`. Only a lease whose COMMIT returned
+is served; one whose answer is lost is never served (a gap).
+The key: every host serves with the same key, from its own key file (instance/v5/key, 0600). The first host
+creates it with the database's first use and records its fingerprint; the others must be given a copy of
+that file (see docs/deploying.md). A host without it, or with another key, refuses to serve. The database
+holds only the fingerprint: whoever can read the database cannot compute the numbers.
+Holders: a holder on this host is alive while its process lives (`holders`); one on another host while it
+renews its heartbeat (every HEARTBEAT_EVERY seconds while it holds open leases).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import suppress
+from typing import Any
+
+from uniquerand.numbers import KINDS, NumberKind
+from uniquerand.storage import runtime
+from uniquerand.storage.contract import InsufficientRemainingError, StoreKeyError, StoreSettings
+from uniquerand.storage.holders import holder_alive, this_holder
+from uniquerand.storage.keyfile import (
+    FINGERPRINT_PREFIX,
+    NEW_FINGERPRINT,
+    PERMUTATIONS,
+    PermutationType,
+    create_key,
+    fingerprint,
+    permutation_row,
+    read_key,
+)
+from uniquerand.storage.leases import Lease
+from uniquerand.storage.postgres.database import Database, Table, exists
+
+KEY_NAME = "key"
+HEARTBEAT_EVERY = 10.0
+# A holder on another host whose heartbeat is older than this counts as gone.
+HOLDER_TIMEOUT = 60.0
+SCHEMA = [
+    Table(
+        "uniquerand_v5_counters",
+        (
+            ("kind", "text", "NOT NULL"),
+            ("low", "bigint", "NOT NULL"),
+            ("high", "bigint", "NOT NULL"),
+            ("decimals", "integer", "NOT NULL"),
+            ("next", "bigint", "NOT NULL DEFAULT 0"),
+            ("lease_start", "bigint", "NOT NULL DEFAULT 0"),
+            ("accounted", "bigint", "NOT NULL DEFAULT 0"),
+            ("skipped", "bigint", "NOT NULL DEFAULT 0"),
+        ),
+        ("kind",),
+    ),
+    Table(
+        "uniquerand_v5_leases",
+        (
+            ("kind", "text", "NOT NULL"),
+            ("start", "bigint", "NOT NULL"),
+            ("stop", "bigint", "NOT NULL"),
+            ("holder", "text", "NOT NULL"),
+            ("open", "boolean", "NOT NULL DEFAULT true"),
+        ),
+        ("kind", "start"),
+    ),
+    Table(
+        "uniquerand_v5_holders",
+        (("holder", "text", "NOT NULL"), ("heartbeat", "timestamp with time zone", "NOT NULL")),
+        ("holder",),
+    ),
+]
+OPEN_LEASES_INDEX = "CREATE INDEX uniquerand_v5_leases_open ON uniquerand_v5_leases (kind) WHERE open"
+# SET reads the old row: lease_start is where this lease begins. Near the end (no more than `tail` left) a
+# lease takes what its request needs and no more.
+LEASE = """
+UPDATE uniquerand_v5_counters
+SET lease_start = next,
+    next = next + CASE WHEN high - low + 1 - next <= %(tail)s THEN %(need)s ELSE GREATEST(%(need)s, %(want)s) END
+WHERE kind = %(kind)s AND high - low + 1 - next >= %(need)s
+  AND low = %(low)s AND high = %(high)s AND decimals = %(decimals)s
+RETURNING lease_start, next, high - low + 1 - next
+"""
+RECORD_LEASE = "INSERT INTO uniquerand_v5_leases (kind, start, stop, holder) VALUES (%s, %s, %s, %s)"
+HEARTBEAT = """
+INSERT INTO uniquerand_v5_holders (holder, heartbeat) VALUES (%s, now())
+ON CONFLICT (holder) DO UPDATE SET heartbeat = now()
+"""
+PREFILL = """
+UPDATE uniquerand_v5_counters SET next = next + %(n)s, accounted = accounted + %(n)s
+WHERE kind = %(kind)s AND high - low + 1 - next >= %(n)s
+RETURNING next
+"""
+HELD = """
+SELECT l.holder, sum(l.stop - l.start), extract(epoch FROM now() - h.heartbeat)
+FROM uniquerand_v5_leases l LEFT JOIN uniquerand_v5_holders h USING (holder)
+WHERE l.kind = %s AND l.open AND l.holder != %s
+GROUP BY l.holder, h.heartbeat
+"""
+
+
+def _boot(holder: str) -> str:
+    return holder.split(":", 1)[0]
+
+
+class PostgresCounters:
+    """The stage's counters in `database`, and its key in `folder`, for one `LeasedCounterStore`."""
+
+    def __init__(self, settings: StoreSettings, database: Database) -> None:
+        self.key_path = settings.folder / KEY_NAME
+        self.spaces = settings.spaces
+        self.label = settings.label
+        self.database = database
+        self._heartbeat = runtime.PerProcess(lambda: _Heartbeat(self))
+
+    def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+        """The key, checked against the fingerprint the database keeps; with a new database, a new key is made
+        and its fingerprint recorded in the same transaction, which holds the schema lock: one host creates it."""
+        self._set_up()
+        with self.database.transaction(self.label) as connection:
+            connection.execute("LOCK TABLE uniquerand_v5_counters IN SHARE ROW EXCLUSIVE MODE")
+            query = "SELECT name, value FROM uniquerand_meta WHERE stage = %s AND starts_with(name, %s)"
+            found = connection.execute(query, (self.label, FINGERPRINT_PREFIX)).fetchall()
+            rows = {name: bytes.fromhex(value) for name, value in found}
+            leased = connection.execute("SELECT coalesce(max(next), 0) FROM uniquerand_v5_counters").fetchone()[0] > 0
+            key = read_key(self.key_path, self.label)
+            if key is None:
+                if rows or leased:
+                    raise StoreKeyError(
+                        f"The {self.label} store's database is served with a key this host does not have: copy the "
+                        f"key file ({self.label}/{KEY_NAME} of the instance folder) from a host that serves it."
+                    )
+                self.key_path.parent.mkdir(parents=True, exist_ok=True)
+                key = create_key(self.key_path, self.label)
+                connection.execute(
+                    "INSERT INTO uniquerand_meta (stage, name, value) VALUES (%s, %s, %s)",
+                    (self.label, NEW_FINGERPRINT, fingerprint(key).hex()),
+                )
+                rows = {NEW_FINGERPRINT: fingerprint(key)}
+            name = permutation_row(rows, self.label, "database")
+            if rows[name] != fingerprint(key):
+                raise StoreKeyError(
+                    f"The {self.label} store's key is not the one its database is served with; it was left as is. "
+                    "Every host must have the same key file."
+                )
+        return key, PERMUTATIONS[name]
+
+    def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
+        self._set_up()
+        parameters = {"need": need, "want": want, "tail": tail, **self._space_of(kind)}
+        with self.database.transaction(self.label) as connection:
+            rows = connection.execute(LEASE, parameters).fetchall()
+            if not rows:
+                return None
+            lease = Lease(*rows[0])
+            connection.execute(RECORD_LEASE, (kind, lease.start, lease.stop, this_holder()))
+            connection.execute(HEARTBEAT, (this_holder(),))
+        self._heartbeat.get().start()
+        return lease
+
+    def close_leases(self, kind: NumberKind, starts: list[int]) -> None:
+        with self.database.connection(self.label) as connection:
+            connection.execute(
+                "UPDATE uniquerand_v5_leases SET open = false WHERE kind = %s AND start = ANY(%s) AND holder = %s",
+                (kind, starts, this_holder()),
+            )
+
+    def held_elsewhere(self, kind: NumberKind) -> list[int]:
+        """Per other live holder of open leases of `kind`: at most how many counters it holds. A holder of this
+        host lives while its process does; one of another host while its heartbeat is fresh."""
+        here = _boot(this_holder())
+        with self.database.connection(self.label) as connection:
+            rows = connection.execute(HELD, (kind, this_holder())).fetchall()
+        return [
+            int(size)
+            for holder, size, age in rows
+            if (holder_alive(holder) if _boot(holder) == here else age is not None and age < HOLDER_TIMEOUT)
+        ]
+
+    def remaining(self, kind: NumberKind) -> int:
+        self._set_up()
+        with self.database.connection(self.label) as connection:
+            query = "SELECT high - low + 1 - next FROM uniquerand_v5_counters WHERE kind = %s"
+            return connection.execute(query, (kind,)).fetchone()[0]
+
+    def prefill(self, kind: NumberKind, count: int) -> None:
+        self._set_up()
+        with self.database.transaction(self.label) as connection:
+            if not connection.execute(PREFILL, {"n": count, "kind": kind}).fetchall():
+                query = "SELECT high - low + 1 - next FROM uniquerand_v5_counters WHERE kind = %s"
+                raise InsufficientRemainingError(count, connection.execute(query, (kind,)).fetchone()[0])
+
+    def counters(self) -> dict[str, tuple[int, int, int]]:
+        self._set_up()
+        with self.database.connection(self.label) as connection:
+            rows = connection.execute("SELECT kind, next, accounted, skipped FROM uniquerand_v5_counters").fetchall()
+        return {kind: tuple(values) for kind, *values in rows}
+
+    def account(self, unserved: dict[str, tuple[int, int]]) -> None:
+        if self.database.closed:
+            # This process ended its use of the database: its leases stay open, held while it lives.
+            return
+        with self.database.transaction(self.label) as connection:
+            for kind, (leased, served) in unserved.items():
+                connection.execute(
+                    "UPDATE uniquerand_v5_counters SET accounted = accounted + %s, skipped = skipped + %s "
+                    "WHERE kind = %s",
+                    (leased, leased - served, kind),
+                )
+            connection.execute(
+                "UPDATE uniquerand_v5_leases SET open = false WHERE holder = %s AND open", (this_holder(),)
+            )
+            connection.execute("DELETE FROM uniquerand_v5_holders WHERE holder = %s", (this_holder(),))
+
+    def heartbeat(self) -> None:
+        """Renews this process's heartbeat if it holds open leases."""
+        with self.database.connection(self.label) as connection:
+            connection.execute(
+                "UPDATE uniquerand_v5_holders SET heartbeat = now() WHERE holder = %(holder)s AND EXISTS "
+                "(SELECT 1 FROM uniquerand_v5_leases WHERE holder = %(holder)s AND open)",
+                {"holder": this_holder()},
+            )
+
+    def _space_of(self, kind: NumberKind) -> dict[str, object]:
+        space = self.spaces[kind]
+        return {"kind": kind, "low": space.low, "high": space.high, "decimals": space.decimals}
+
+    def _set_up(self) -> None:
+        def create_counters(connection: Any) -> None:
+            # Never DDL or a conflicting insert on what exists: the leases of other hosts would wait on it.
+            if not exists(connection, "uniquerand_v5_leases_open"):
+                connection.execute(OPEN_LEASES_INDEX)
+            for kind in KINDS:
+                space = self.spaces[kind]
+                connection.execute(
+                    "INSERT INTO uniquerand_v5_counters (kind, low, high, decimals) "
+                    "SELECT %(kind)s, %(low)s, %(high)s, %(decimals)s "
+                    "WHERE NOT EXISTS (SELECT 1 FROM uniquerand_v5_counters WHERE kind = %(kind)s)",
+                    {"kind": kind, "low": space.low, "high": space.high, "decimals": space.decimals},
+                )
+
+        self.database.set_up(self.label, SCHEMA, self.spaces, create_counters)
+
+
+class _Heartbeat:
+    """This process's heartbeat renewer, started with its first lease: one small query every HEARTBEAT_EVERY
+    seconds, which renews the heartbeat while this process holds open leases."""
+
+    def __init__(self, counters: PostgresCounters) -> None:
+        self.counters = counters
+        self.running = False
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        try:
+            runtime.start_background(f"{self.counters.label}-heartbeat", self._run)
+        except RuntimeError:  # the interpreter is shutting down
+            self.running = False
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_EVERY)
+            # A database that is away: the next round tries again.
+            with suppress(Exception):
+                self.counters.heartbeat()

@@ -1,0 +1,351 @@
+"""A PostgreSQL database as every PostgreSQL store uses it: one connection pool per process, each connection
+durable (`synchronous_commit=on` whatever the server's or role's default), the one-time schema setup of a
+store, transactions, and the driver's errors as typed store errors.
+
+psycopg picks how it waits for the server when it is imported: imported before gevent patched the process, it
+would wait in C and stop every request of a gevent worker while one query runs. So it is imported here only
+inside functions that run in the process that serves (the pool is built on first use, see `runtime.PerProcess`),
+never at import time: the gunicorn master imports the app's modules before any worker patches anything.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from uniquerand.storage import runtime
+from uniquerand.storage.contract import StoreBusyError, StoreCorruptError, StoreError, StoreUnavailableError
+
+# Taken by every schema setup, so that hosts starting at once create each table once (concurrent
+# CREATE TABLE IF NOT EXISTS can fail on the catalog's unique index). The value is arbitrary: b"uniq".
+SCHEMA_LOCK = 0x756E6971
+# SQLSTATE classes: a lock or statement timeout, a serialization conflict: a retry may succeed.
+BUSY_STATES = ("55P03", "57014", "40001", "40P01")
+# A table of ours that has other columns or types than this release made: not ours to change.
+FOREIGN_STATES = ("42703", "42804", "42P01", "42883", "22003")
+
+
+class Database:
+    """The PostgreSQL database at `url`, shared by the PostgreSQL stores of an app; a pool per process."""
+
+    def __init__(self, url: str, *, pool_size: int, timeout: float) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.timeout = timeout
+        # A request waits `timeout` in all: for a connection only half of it, so that a database that cannot
+        # be reached is told as such, not as a busy store.
+        self.connect_wait = timeout / 2
+        self._pool = runtime.PerProcess(self._open_pool)
+        self._set_up = runtime.PerProcess(_SetUp)
+
+    @contextmanager
+    def connection(self, label: str) -> Iterator[Any]:
+        """A connection of this process's pool (autocommit: transactions are explicit), errors translated."""
+        with translated_errors(label), self._pool.get().connection(timeout=self.connect_wait) as connection:
+            yield connection
+
+    @contextmanager
+    def transaction(self, label: str) -> Iterator[Any]:
+        """BEGIN ... COMMIT on a pooled connection; ROLLBACK if the block raises. A COMMIT whose answer is lost
+        raises (store_unavailable): whatever it wrote is never served by this process."""
+        with self.connection(label) as connection:
+            connection.execute("BEGIN")
+            try:
+                yield connection
+            except BaseException:
+                rollback(connection)
+                raise
+            connection.execute("COMMIT")
+
+    def set_up(
+        self,
+        label: str,
+        tables: list[Table],
+        spaces: dict[str, Any],
+        then: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Before a store's first statement in this process: checks that the server is durable, creates or
+        checks the stage's `tables`, records or checks its spaces, then runs `then(connection)`; all in one
+        transaction that holds SCHEMA_LOCK, so that hosts starting at once do it one at a time. A failure
+        changes nothing (the transaction rolls back) and the next use tries again."""
+        state = self._set_up.get()
+        if label in state.done:
+            return
+        with state.lock:
+            if label in state.done:
+                return
+            with self.transaction(label) as connection:
+                _check_durable(connection, label)
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                for table in (META, *tables):
+                    table.create(connection)
+                check_recorded(connection, label, space_settings(spaces), label)
+                if then is not None:
+                    then(connection)
+            state.done.add(label)
+
+    def target(self, name: str, label: str) -> PostgresTarget:
+        return PostgresTarget(name, self, label)
+
+    def reachable(self) -> bool:
+        """True if a connection answers now (for readiness checks)."""
+        try:
+            with self.connection("database") as connection:
+                connection.execute("SELECT 1")
+            return True
+        except StoreError:
+            return False
+
+    def close(self) -> None:
+        """Closes this process's connections (their pool), if it opened any: its use of the database ends."""
+        pool = self._pool.built()
+        if pool is not None:
+            pool.close()
+
+    @property
+    def closed(self) -> bool:
+        pool = self._pool.built()
+        return pool is not None and pool.closed
+
+    def _open_pool(self) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        milliseconds = int(self.timeout * 1000)
+        pool = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.connect_wait,
+            # A connection broken by a server restart is found out (and replaced) before it is lent out.
+            check=ConnectionPool.check_connection,
+            # Connecting gives up in time; a retry after the server is back opens a new connection.
+            reconnect_timeout=max(self.timeout, 1.0),
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(self.timeout)),
+                # Client options override the server's, database's and role's defaults.
+                "options": f"-c synchronous_commit=on -c lock_timeout={milliseconds} "
+                f"-c idle_in_transaction_session_timeout={max(milliseconds * 4, 60_000)}",
+            },
+            name="uniquerand",
+        )
+        pool.open(wait=False)
+        return pool
+
+
+class _SetUp:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done: set[str] = set()
+
+
+def _check_durable(connection: Any, label: str) -> None:
+    fsync, synchronous = connection.execute(
+        "SELECT current_setting('fsync'), current_setting('synchronous_commit')"
+    ).fetchone()
+    if fsync != "on":
+        raise StoreUnavailableError(
+            f"The {label} store's database runs with fsync=off: a crash could lose numbers it confirmed and serve "
+            "them again. Refusing to serve from it; turn fsync on."
+        )
+    if synchronous != "on" and synchronous != "remote_apply":
+        raise StoreUnavailableError(
+            f"The {label} store's connections run with synchronous_commit={synchronous}; refusing to serve."
+        )
+
+
+def rollback(connection: Any) -> None:
+    """Ends a connection's transaction after a failure; a connection that cannot is closed (the pool drops it)."""
+    from psycopg import Error
+
+    try:
+        if not connection.closed:
+            connection.execute("ROLLBACK")
+    except Error:
+        connection.close()
+
+
+def faults() -> tuple[type[BaseException], ...]:
+    """The driver's exceptions, which `store_error` translates."""
+    from psycopg import Error
+    from psycopg_pool import PoolTimeout
+
+    return (Error, PoolTimeout)
+
+
+def store_error(err: BaseException, label: str) -> StoreError:
+    """The typed store error for a driver exception; the driver's text (which may name hosts) goes to `detail`."""
+    from psycopg import OperationalError
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(err, StoreError):
+        return err
+    state = getattr(err, "sqlstate", None) or ""
+    if isinstance(err, PoolTimeout):
+        error: StoreError = StoreUnavailableError(
+            f"The {label} store's database cannot be reached, or all its connections are in use; retry shortly."
+        )
+    elif state.startswith(BUSY_STATES):
+        error = StoreBusyError.of(label)
+    elif state.startswith(FOREIGN_STATES):
+        error = StoreCorruptError(
+            f"The {label} store's tables in the database are not the ones this release made; they were left as is."
+        )
+    elif state == "42501":
+        error = StoreUnavailableError(f"The {label} store's database user lacks a privilege it needs.")
+    elif isinstance(err, OperationalError):
+        error = StoreUnavailableError(
+            f"The {label} store lost its database connection; nothing was served from the unfinished write. "
+            "Retry shortly."
+        )
+    else:
+        error = StoreUnavailableError(f"The {label} store cannot be used: a database error occurred.")
+    error.detail = f"{type(err).__name__}: {err}"
+    return error
+
+
+@contextmanager
+def translated_errors(label: str) -> Iterator[None]:
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as err:
+        if isinstance(err, faults()):
+            raise store_error(err, label) from err
+        raise
+
+
+class PostgresTarget:
+    """The database as a `GroupCommitter` writes it: each group's transaction on a pooled connection. The
+    server orders concurrent writers itself (row locks, PRIMARY KEY checks), so there is no lock to take."""
+
+    def __init__(self, name: str, database: Database, label: str) -> None:
+        self.name = name
+        self.label = label
+        self.faults = faults()
+        self._database = database
+
+    def begin(self) -> Any:
+        pool = self._database._pool.get()
+        try:
+            connection = pool.getconn(timeout=self._database.connect_wait)
+        except Exception as err:
+            raise self.translate(err) from err
+        try:
+            connection.execute("BEGIN")
+        except Exception as err:
+            pool.putconn(connection)
+            raise self.translate(err) from err
+        return connection
+
+    def savepoint(self, connection: Any) -> None:
+        connection.execute("SAVEPOINT job")
+
+    def rollback_to_savepoint(self, connection: Any) -> None:
+        connection.execute("ROLLBACK TO SAVEPOINT job")
+
+    def release_savepoint(self, connection: Any) -> None:
+        connection.execute("RELEASE SAVEPOINT job")
+
+    def commit(self, connection: Any) -> None:
+        try:
+            connection.execute("COMMIT")
+        except Exception as err:
+            # Committed or not, nobody can tell: the group's values are never handed out (burned).
+            rollback(connection)
+            raise self.translate(err) from err
+        finally:
+            self._database._pool.get().putconn(connection)
+
+    def abort(self, connection: Any | None) -> None:
+        if connection is not None:
+            rollback(connection)
+            self._database._pool.get().putconn(connection)
+
+    def translate(self, err: BaseException) -> StoreError:
+        if isinstance(err, self.faults):
+            return store_error(err, self.label)
+        error = StoreUnavailableError(f"The {self.label} store cannot be used: an unexpected error occurred.")
+        error.detail = f"{type(err).__name__}: {err}"
+        return error
+
+
+def space_settings(spaces: dict[str, Any]) -> dict[str, str]:
+    """The settings a stage's records are tied to: each kind's range and the float grid, as recorded."""
+    return {f"space_{kind}": f"{space.low}..{space.high}/{space.decimals}" for kind, space in spaces.items()}
+
+
+SETTING_NAMES = {"space_int": "INT_MIN/INT_MAX", "space_float": "FLOAT_MIN/FLOAT_MAX/FLOAT_DECIMALS"}
+
+
+def check_recorded(connection: Any, stage: str, expected: dict[str, str], label: str) -> None:
+    """Records `expected` settings for `stage` where the database has none, and refuses one whose recorded
+    settings differ: its numbers were drawn or counted in another space (nothing is changed: the caller's
+    transaction rolls back)."""
+    rows = dict(connection.execute("SELECT name, value FROM uniquerand_meta WHERE stage = %s", (stage,)).fetchall())
+    for name, value in expected.items():
+        if name not in rows:
+            connection.execute(
+                "INSERT INTO uniquerand_meta (stage, name, value) VALUES (%s, %s, %s)", (stage, name, value)
+            )
+        elif rows[name] != value:
+            setting = SETTING_NAMES.get(name, name)
+            raise StoreCorruptError(
+                f"The {label} store's database was written with other settings ({setting}: {rows[name]}, this "
+                f"server: {value}); serving it here could re-issue numbers. It was left as is."
+            )
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of ours: created if missing, and checked, whoever created it, to have exactly these columns and
+    this primary key. A table of another application under our name (or of another release) would take our
+    inserts through PostgreSQL's assignment casts, or without the PRIMARY KEY that makes them unique."""
+
+    name: str
+    # (column, type as format_type() spells it, the rest of its definition)
+    columns: tuple[tuple[str, str, str], ...]
+    primary_key: tuple[str, ...]
+
+    def create(self, connection: Any) -> None:
+        """Creates the table if it is missing, then checks it. Set-ups run one at a time (SCHEMA_LOCK), and an
+        existing table is only read: DDL on it would lock out the other hosts' claims, or deadlock with them."""
+        if not exists(connection, self.name):
+            columns = ", ".join(f"{name} {kind} {extra}".strip() for name, kind, extra in self.columns)
+            connection.execute(f"CREATE TABLE {self.name} ({columns}, PRIMARY KEY ({', '.join(self.primary_key)}))")
+        found = connection.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (self.name,),
+        ).fetchall()
+        key = connection.execute(
+            "SELECT array_agg(a.attname::text ORDER BY k.position) FROM pg_index i "
+            "CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
+            (self.name,),
+        ).fetchone()[0]
+        if [tuple(row) for row in found] != [(name, kind) for name, kind, _ in self.columns] or tuple(
+            key or ()
+        ) != self.primary_key:
+            raise StoreCorruptError(
+                f"The table {self.name} in the database is not the one this release made (its columns or primary "
+                "key differ); it was left as is."
+            )
+
+
+def exists(connection: Any, relation: str) -> bool:
+    """True if the table or index `relation` exists (in the search path)."""
+    return connection.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,)).fetchone()[0]
+
+
+META = Table(
+    "uniquerand_meta",
+    (("stage", "text", "NOT NULL"), ("name", "text", "NOT NULL"), ("value", "text", "NOT NULL")),
+    ("stage", "name"),
+)
