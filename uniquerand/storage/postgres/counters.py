@@ -116,10 +116,11 @@ class PostgresCounters:
 
     def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
         """The key, checked against the fingerprint the database keeps; with a new database, a new key is made
-        and its fingerprint recorded in the same transaction, which holds the schema lock: one host creates it."""
+        and its fingerprint recorded in the same transaction, which locks the counter rows: one host creates it."""
         self._set_up()
         with self.database.transaction(self.label) as connection:
-            connection.execute("LOCK TABLE uniquerand_v5_counters IN SHARE ROW EXCLUSIVE MODE")
+            # Hosts starting at once take turns here (the counter rows exist since the set-up): one creates the key.
+            connection.execute("SELECT kind FROM uniquerand_v5_counters ORDER BY kind FOR UPDATE").fetchall()
             query = "SELECT name, value FROM uniquerand_meta WHERE stage = %s AND starts_with(name, %s)"
             found = connection.execute(query, (self.label, FINGERPRINT_PREFIX)).fetchall()
             rows = {name: bytes.fromhex(value) for name, value in found}
