@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.postgres import require_local_cluster
@@ -219,3 +220,19 @@ def test_a_pool_with_every_connection_in_use_answers_unavailable(database_url, t
     ):
         store.issue("int")
     assert len(issue(store)) == 1
+
+
+def test_a_group_whose_transaction_failed_commits_nothing_and_says_so(database_url, tmp_path):
+    # A job without a savepoint whose statement fails aborts the group's transaction; PostgreSQL then answers
+    # COMMIT with a silent ROLLBACK. The jobs that ran before it must fail too, not be served unrecorded.
+    store = stores(tmp_path, database_url)["v3"]
+    issue(store)
+    target = store.database.target("numbers", "v3")
+    connection = target.begin()
+    connection.execute("INSERT INTO uniquerand_v3_int (code) VALUES (7)")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        connection.execute("SELECT 1 / 0")
+    with pytest.raises(StoreUnavailableError, match="rolled back"):
+        target.commit(connection)
+    with store.database.connection("test") as check:
+        assert check.execute("SELECT count(*) FROM uniquerand_v3_int WHERE code = 7").fetchone()[0] == 0

@@ -58,7 +58,7 @@ class Database:
             except BaseException:
                 rollback(connection)
                 raise
-            connection.execute("COMMIT")
+            commit(connection, label)
 
     def set_up(
         self,
@@ -158,6 +158,17 @@ def _check_durable(connection: Any, label: str) -> None:
         )
 
 
+def commit(connection: Any, label: str) -> None:
+    """COMMIT, and a store error unless the server says it committed. A transaction in which a statement
+    failed (a job of a group that had no savepoint, say) is rolled back by its COMMIT without an error: the
+    jobs that ran before the failure must not hand out what they wrote."""
+    status = connection.execute("COMMIT").statusmessage
+    if status != "COMMIT":
+        error = StoreUnavailableError(f"The {label} store's write was rolled back by the database; retry shortly.")
+        error.detail = f"COMMIT answered {status}"
+        raise error
+
+
 def rollback(connection: Any) -> None:
     """Ends a connection's transaction after a failure; a connection that cannot is closed (the pool drops it)."""
     from psycopg import Error
@@ -254,7 +265,10 @@ class PostgresTarget:
 
     def commit(self, connection: Any) -> None:
         try:
-            connection.execute("COMMIT")
+            commit(connection, self.label)
+        except StoreError:
+            rollback(connection)
+            raise
         except Exception as err:
             # Committed or not, nobody can tell: the group's values are never handed out (burned).
             rollback(connection)
