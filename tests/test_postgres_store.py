@@ -236,3 +236,30 @@ def test_a_group_whose_transaction_failed_commits_nothing_and_says_so(database_u
         target.commit(connection)
     with store.database.connection("test") as check:
         assert check.execute("SELECT count(*) FROM uniquerand_v3_int WHERE code = 7").fetchone()[0] == 0
+
+
+def test_init_shards_fills_the_pools_in_the_database(make_app, database_url):
+    app = make_app(DATABASE_URL=database_url, V4_SHARD_SIZE=1500)
+    result = app.test_cli_runner().invoke(args=["init-shards"])
+    assert result.exit_code == 0, result.output
+    assert "int_shard_0.db: added 1500, available 1500" in result.output
+    stats = app.extensions["uniquerand"]["stores"]["v4"].stats()
+    assert [shard["available"] for shard in stats["float"]["shards"].values()] == [1500, 1500]
+    assert stats["int"]["ledger"] == 3000
+    # Filled already: a second run adds nothing.
+    again = make_app(DATABASE_URL=database_url, V4_SHARD_SIZE=1500).test_cli_runner().invoke(args=["init-shards"])
+    assert "int_shard_1.db: added 0, available 1500" in again.output
+
+
+def test_v5_counts_a_holder_on_another_host_as_live_while_its_heartbeat_is_fresh(postgres, database_url, tmp_path):
+    store = stores(tmp_path, database_url)["v5"]
+    issue(store)
+    name = name_of(database_url)
+    postgres.sql(
+        "INSERT INTO uniquerand_v5_leases (kind, start, stop, holder) VALUES ('int', 100000, 100050, 'elsewhere:42:7')",
+        name,
+    )
+    postgres.sql("INSERT INTO uniquerand_v5_holders VALUES ('elsewhere:42:7', now() - interval '5 seconds')", name)
+    assert store.counters.held_elsewhere("int") == [50]
+    postgres.sql("UPDATE uniquerand_v5_holders SET heartbeat = now() - interval '2 minutes'", name)
+    assert store.counters.held_elsewhere("int") == []
