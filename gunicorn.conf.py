@@ -25,6 +25,39 @@ control_socket_disable = True
 limit_request_line = 4094
 
 
+def on_starting(server):
+    """Gives the workers' Prometheus metrics a folder to add up in (prometheus-client's multiprocess mode,
+    see uniquerand/metrics.py): PROMETHEUS_MULTIPROC_DIR if set, emptied of an earlier run's files, else a new
+    temporary folder, removed at exit. Set here, in the master, before any worker imports prometheus-client."""
+    import glob
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for stale in glob.glob(os.path.join(folder, "*.db")):
+            os.remove(stale)
+    else:
+        folder = tempfile.mkdtemp(prefix="uniquerand-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        server.uniquerand_metrics_folder = folder
+
+
+def child_exit(server, worker):
+    """A worker that ended keeps its counts (they are totals), but its live values are dropped."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    import shutil
+
+    folder = getattr(server, "uniquerand_metrics_folder", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def post_worker_init(worker):
     """Makes gunicorn's own error pages JSON (below), then builds what the worker's first requests would
     otherwise wait for (see `uniquerand.stages.prepare_stores`)."""

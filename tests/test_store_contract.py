@@ -162,6 +162,7 @@ def test_every_store_keeps_the_contract(backend, tmp_path):
     store = make_store(backend, tmp_path)
     assert isinstance(store, Store) and isinstance(store, Prefilling)
     store.prepare()  # optional for a store; never required to serve
+    store.check_ready()
 
 
 def test_issues_distinct_codes_inside_the_space(backend, tmp_path):
@@ -322,6 +323,8 @@ def test_unreadable_files_are_refused_and_left_untouched(file_backend, tmp_path,
         store.issue("int")
     with pytest.raises((StoreCorruptError, *_refusals(backend, content))):
         store.stats()
+    with pytest.raises((StoreCorruptError, *_refusals(backend, content))):
+        store.check_ready()
     assert all((folder / name).read_bytes() == content for name in names)
 
 

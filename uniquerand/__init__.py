@@ -15,8 +15,9 @@ from uniquerand.numbers import spaces_from_config
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Builds the app: defaults, then UNIQUERAND_* variables, then `test_config`, then validation."""
-    from uniquerand.blueprints import docs, index
+    from uniquerand.blueprints import docs, index, operations
     from uniquerand.blueprints.stage import stage_blueprint
+    from uniquerand.metrics import Metrics
     from uniquerand.stages import build_stages
 
     app = Flask(__name__)
@@ -29,18 +30,21 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     spaces = spaces_from_config(app.config)
     stages = build_stages(Path(app.config["INSTANCE_PATH"]), spaces, app.config)
+    metrics = Metrics(stages)
     app.extensions["uniquerand"] = {
         "spaces": spaces,
         "stages": stages,
         "stores": {stage.name: stage.store for stage in stages},
+        "metrics": metrics,
     }
 
     register_error_handlers(app)
     app.after_request(_never_cache)
     app.register_blueprint(index.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(operations.bp)
     for stage in stages:
-        app.register_blueprint(stage_blueprint(stage))
+        app.register_blueprint(stage_blueprint(stage, metrics.observer(stage.name)))
     cli.register(app)
     return app
 

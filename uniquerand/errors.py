@@ -64,11 +64,24 @@ def handle_http_exception(error: HTTPException):
     return response
 
 
-def handle_store_error(error: StoreError):
-    status, code, retryable = next(
+def _store_response(error: StoreError) -> tuple[int, str, bool]:
+    return next(
         (STORE_ERROR_RESPONSES[cls] for cls in type(error).__mro__ if cls in STORE_ERROR_RESPONSES),
         (500, "store_error", False),
     )
+
+
+def code_of(error: BaseException) -> str:
+    """The `code` of the JSON body `error` is answered with (for the metrics' outcome label)."""
+    if isinstance(error, StoreError):
+        return _store_response(error)[1]
+    if isinstance(error, HTTPException):
+        return getattr(error, "extra", {}).get("code", _slug(error))
+    return "internal_error"
+
+
+def handle_store_error(error: StoreError):
+    status, code, retryable = _store_response(error)
     extra: dict[str, Any] = {"code": code}
     if isinstance(error, InsufficientRemainingError):
         extra.update(requested=error.requested, remaining=error.remaining)

@@ -8,12 +8,29 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import weakref
+from collections.abc import Callable
 
 HANDLER_NAME = "uniquerand"
 
 
+# Who else hears of every event (the metrics), whatever the log level: weak references, so that an app that
+# is gone (the tests build many) stops listening.
+_listeners: list[weakref.WeakMethod] = []
+
+
+def on_event(listener: Callable[[str, dict[str, object]], None]) -> None:
+    """Calls the bound method `listener(name, fields)` for every event from now on, while its object lives."""
+    _listeners[:] = [reference for reference in _listeners if reference() is not None]
+    _listeners.append(weakref.WeakMethod(listener))
+
+
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: object) -> None:
     """Logs the event `name` with its fields, e.g. `event(log, "lease_taken", stage="v5", size=1000)`."""
+    for reference in _listeners:
+        listener = reference()
+        if listener is not None:
+            listener(name, fields)
     logger.log(level, name, extra={"event": name, "fields": fields})
 
 

@@ -4,13 +4,18 @@ from the stage's settings."""
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from flask import Blueprint, jsonify
 
 from uniquerand.blueprints.common import numbers_response, random_request_reader
+from uniquerand.errors import code_of
+from uniquerand.metrics import Observe
 from uniquerand.stages import Stage
 
 
-def stage_blueprint(stage: Stage) -> Blueprint:
+def stage_blueprint(stage: Stage, observe: Observe) -> Blueprint:
+    """The stage's blueprint; every /random request is reported to `observe` (the metrics)."""
     bp = Blueprint(stage.name, __name__, url_prefix=f"/{stage.name}")
     # Taken once here, not looked up through the app on every request.
     store, spaces = stage.store, stage.store.spaces
@@ -19,8 +24,14 @@ def stage_blueprint(stage: Stage) -> Blueprint:
 
     @bp.get("/random")
     def random_number():
-        kind, count = parse()
-        issued = store.issue(kind, count or 1)
+        started, kind = perf_counter(), "none"
+        try:
+            kind, count = parse()
+            issued = store.issue(kind, count or 1)
+        except Exception as err:
+            observe(kind, code_of(err), "", perf_counter() - started, 0)
+            raise
+        observe(kind, "ok", "", perf_counter() - started, len(issued.codes))
         if sources is None:
             return numbers_response(spaces[kind], issued.codes, count)
         if count is None:

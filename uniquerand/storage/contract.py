@@ -120,6 +120,12 @@ class Store(ABC):
     def stats(self) -> dict[str, dict]:
         """Per kind: `issued`, `space_size`, `remaining` (and any store-specific counters)."""
 
+    @abstractmethod
+    def check_ready(self) -> None:
+        """Raises the StoreError a request would get if the store could not serve now: its files or database
+        out of reach, damaged or locked, its key missing. Cheap enough to be asked every second (/readyz). A
+        space used up, or /v4's pools awaiting a refill, is no fault of the store: it still answers."""
+
     def prepare(self) -> None:  # noqa: B027  (optional: most stores have nothing to build ahead)
         """Builds at a worker's start, before it serves, what its first requests would otherwise wait for."""
 

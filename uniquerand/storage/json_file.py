@@ -140,6 +140,10 @@ class JsonFileStore(Store, Prefilling):
     def prefill(self, kind: NumberKind, count: int) -> None:
         self.issue(kind, count)
 
+    def check_ready(self) -> None:
+        # The file read under its lock, as a request reads it (this stage reads the whole file by design).
+        self._committer.get().submit(lambda document: None, writes_once=True)
+
     def stats(self) -> dict[str, dict[str, int]]:
         # A job like any other: under the file lock, it sees every process's writes.
         data = self._committer.get().submit(lambda document: document.data, writes_once=True)

@@ -143,6 +143,10 @@ class LeasedCounterStore(Store, Prefilling):
             for kind in KINDS:
                 self._permutation(process, process.leases[kind], kind)
 
+    def check_ready(self) -> None:
+        self.prepare()  # the key, loaded and checked once per process
+        self.counters.remaining("int")
+
     def prefill(self, kind: NumberKind, count: int) -> None:
         process = self._process.get()
         with process.lock:

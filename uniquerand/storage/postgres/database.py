@@ -11,6 +11,7 @@ never at import time: the gunicorn master imports the app's modules before any w
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Database:
         self.connect_wait = timeout / 2
         self._pool = runtime.PerProcess(self._open_pool)
         self._set_up = runtime.PerProcess(_SetUp)
+        self._health = runtime.PerProcess(_Health)
 
     @contextmanager
     def connection(self, label: str) -> Iterator[Any]:
@@ -90,14 +92,21 @@ class Database:
     def target(self, name: str, label: str) -> PostgresTarget:
         return PostgresTarget(name, self, label)
 
-    def reachable(self) -> bool:
-        """True if a connection answers now (for readiness checks)."""
-        try:
-            with self.connection("database") as connection:
-                connection.execute("SELECT 1")
-            return True
-        except StoreError:
-            return False
+    def check(self, label: str) -> None:
+        """Raises unless a connection answers now (readiness). The answer is kept for a second: the stages of a
+        database ask together, and one that cannot be reached would make each of them wait."""
+        health = self._health.get()
+        with health.lock:
+            if time.monotonic() - health.at >= 1.0:
+                try:
+                    with self.connection(label) as connection:
+                        connection.execute("SELECT 1")
+                    health.error = None
+                except StoreError as err:
+                    health.error = err
+                health.at = time.monotonic()
+            if health.error is not None:
+                raise type(health.error)(str(health.error))
 
     def close(self) -> None:
         """Closes this process's connections (their pool), if it opened any: its use of the database ends."""
@@ -135,6 +144,13 @@ class Database:
         )
         pool.open(wait=False)
         return pool
+
+
+class _Health:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.at = -1.0
+        self.error: StoreError | None = None
 
 
 class _SetUp:

@@ -59,6 +59,10 @@ class PostgresStore(Store, Prefilling):
     def prepare(self) -> None:
         self._set_up()
 
+    def check_ready(self) -> None:
+        self._set_up()
+        self.database.check(self.label)
+
     def stats(self) -> dict[str, dict[str, int]]:
         self._set_up()
         result = {}

@@ -93,6 +93,10 @@ class ShardedPostgresStore(Store, Prefilling):
         self._set_up()
         self.refiller.top_up_at_start(self.refill_at)
 
+    def check_ready(self) -> None:
+        self._set_up()
+        self.database.check(self.label)
+
     def prefill(self, kind: NumberKind, count: int) -> None:
         self._set_up()
         self.refiller.prefill(kind, count)

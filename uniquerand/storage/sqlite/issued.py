@@ -71,6 +71,10 @@ class SqliteStore(Store, Prefilling):
         for index in range(SLICES):
             self._committer.get().submit(lambda connection, i=index: settler.move_slice(connection, kind, i))
 
+    def check_ready(self) -> None:
+        with translated_errors(self.label):
+            self._reader().execute("SELECT count(*) FROM meta").fetchone()
+
     def stats(self) -> dict[str, dict[str, int]]:
         with translated_errors(self.label):
             connection = self._reader()

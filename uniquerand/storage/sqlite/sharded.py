@@ -111,6 +111,13 @@ class ShardedSqliteStore(Store, Prefilling):
     def fill_shards(self, target: int, progress: Callable[[str, int, int], None] | None = None) -> list[FillReport]:
         return self.refiller.fill_shards(target, progress)
 
+    def check_ready(self) -> None:
+        # Opening a shard checks it against its ledger and settings; the connections are kept for the next time.
+        for kind in KINDS:
+            for name in (*shard_names(kind), ledger_name(kind)):
+                with self._files.translated_errors(name):
+                    self._connection(self._stats_connections, name).execute("SELECT 1").fetchone()
+
     def stats(self) -> dict[str, dict]:
         return sharded_stats(self._files, self.spaces, partial(self._connection, self._stats_connections))
 

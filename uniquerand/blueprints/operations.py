@@ -1,0 +1,34 @@
+"""What operators' tools ask: `/readyz` (can every stage serve now? for a load balancer) and `/metrics`
+(Prometheus). `/healthz` (the process answers) is the index's."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from uniquerand.storage.contract import StoreError
+
+bp = Blueprint("operations", __name__)
+
+
+@bp.get("/readyz")
+def readyz():
+    """200 when every stage's store can serve now; else 503 naming the stages that cannot, and why."""
+    faults: dict[str, str] = {}
+    for stage in current_app.extensions["uniquerand"]["stages"]:
+        try:
+            stage.store.check_ready()
+        except StoreError as err:
+            faults[stage.name] = str(err)
+    if not faults:
+        return jsonify({"status": "ready"})
+    names = ", ".join(f"/{name}" for name in faults)
+    response = jsonify({"error": f"Not ready: {names} cannot serve now.", "code": "not_ready", "stages": faults})
+    response.status_code = 503
+    response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER"])
+    return response
+
+
+@bp.get("/metrics")
+def metrics():
+    body, content_type = current_app.extensions["uniquerand"]["metrics"].exposition()
+    return Response(body, content_type=content_type)
