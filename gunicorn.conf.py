@@ -41,6 +41,7 @@ def on_starting(server):
         folder = tempfile.mkdtemp(prefix="uniquerand-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
         server.uniquerand_metrics_folder = folder
+    server.log.info("Metrics of the workers in %s", folder)
 
 
 def child_exit(server, worker):

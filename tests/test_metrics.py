@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import glob
 import http.client
+import re
 import tempfile
 from collections import Counter
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -72,11 +74,11 @@ def test_counts_from_every_worker_add_up(make_server, tmp_path):
 
 
 def test_the_metrics_folder_is_made_and_removed_by_the_server(make_server):
-    before = set(glob.glob(f"{tempfile.gettempdir()}/uniquerand-metrics-*"))
     server = make_server(workers=2)
     get(server.port, "/v1/random")
-    made = set(glob.glob(f"{tempfile.gettempdir()}/uniquerand-metrics-*")) - before
-    assert len(made) == 1
+    [folder] = re.findall(r"Metrics of the workers in (\S+)", server.log())
+    assert Path(folder).parent == Path(tempfile.gettempdir()) and Path(folder).is_dir()
+    assert len(glob.glob(f"{folder}/counter_*.db")) >= 1
     assert (
         samples(scrape(server.port))[
             ("uniquerand_numbers_issued_total", (("client", ""), ("stage", "v1"), ("type", "int")))
@@ -84,7 +86,7 @@ def test_the_metrics_folder_is_made_and_removed_by_the_server(make_server):
         == 1
     )
     server.stop()
-    assert not set(glob.glob(f"{tempfile.gettempdir()}/uniquerand-metrics-*")) - before
+    assert not Path(folder).exists()
 
 
 def test_outcomes_and_levels_in_one_process(client):

@@ -12,6 +12,7 @@ import tempfile
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import filelock
 import jsonschema_rs
@@ -22,6 +23,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from tests.support import STAGE_NAMES
 from uniquerand.stages import Sources
+from uniquerand.tokens import TokenFile
 
 
 def conforms(document: dict, component: str, body: object) -> bool:
@@ -205,10 +207,85 @@ def test_schemathesis_on_an_exhausted_space_finds_only_documented_503s(make_serv
     assert 503 in statuses and 500 not in statuses, statuses
 
 
+@pytest.mark.parametrize("metrics_require_token", [False, True])
+def test_with_tokens_the_protected_operations_declare_the_bearer_scheme(make_app, metrics_require_token):
+    document = make_app(TOKENS_FILE="tokens", METRICS_REQUIRE_TOKEN=metrics_require_token).test_client()
+    document = document.get("/openapi.json").json
+    OPENAPI_31_VALIDATOR.validate(document)
+    validate(document, cls=OpenAPIV31SpecValidator)
+    assert document["components"]["securitySchemes"]["bearerAuth"] | {"description": ""} == {
+        "type": "http", "scheme": "bearer", "description": "",
+    }  # fmt: skip
+    secured = {path for path, item in document["paths"].items() if "security" in item["get"]}
+    protected = {f"/{stage}/{end}" for stage in STAGE_NAMES for end in ("random", "stats")}
+    assert secured == protected | ({"/metrics"} if metrics_require_token else set())
+    for path in secured:
+        operation = document["paths"][path]["get"]
+        assert operation["security"] == [{"bearerAuth": []}]
+        assert operation["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
+        assert "security" not in document["paths"][path]["options"], "OPTIONS touches no store and stays open"
+    assert "security" not in document, "/, /healthz, /readyz, /docs and /openapi.json stay open"
+    assert "tokens_unavailable" in document["components"]["schemas"]["Unavailable"]["properties"]["code"]["enum"]
+
+
+def test_without_tokens_the_document_has_no_security(document):
+    assert "securitySchemes" not in document["components"] and "Unauthorized" not in document["components"]["schemas"]
+
+
+def test_refusals_conform(make_app, instance_path):
+    token = TokenFile(instance_path / "tokens").create("ci")
+    client = make_app(TOKENS_FILE="tokens").test_client()
+    document = client.get("/openapi.json").json
+    challenge = re.compile(document["components"]["headers"]["WWW-Authenticate"]["schema"]["pattern"])
+    for headers in ({}, {"Authorization": f"Bearer {token}x"}):
+        response = client.get("/v3/random", headers=headers)
+        assert response.status_code == 401 and conforms(document, "Unauthorized", response.json)
+        assert challenge.fullmatch(response.headers["WWW-Authenticate"])
+    (instance_path / "tokens").unlink()
+    response = client.get("/v3/stats", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503 and conforms(document, "Unavailable", response.json)
+    response = client.get("/readyz")
+    assert response.status_code == 503 and conforms(document, "NotReady", response.json)
+
+
+def test_schemathesis_with_the_bearer_scheme_finds_nothing(make_server, filled_shards, instance_path):
+    """A real token through the document's own scheme (Schemathesis's `auth.openapi`): the protected operations
+    answer 200 with it, and its `ignored_auth` check finds that they refuse requests without it or with a wrong
+    one."""
+    filled_shards()
+    token = TokenFile(instance_path / "tokens").create("schemathesis")
+    env = {"UNIQUERAND_TOKENS_FILE": "tokens", "UNIQUERAND_METRICS_REQUIRE_TOKEN": "true"}
+    server = make_server(env, workers=2, threads=4)
+    config = f'[auth.openapi.bearerAuth]\nbearer = "{token}"\n'
+    # Unsanitized: the report keeps each request's Authorization header (a throwaway token's) to check below.
+    entries = run_entries(server.port, max_examples=30, extra=["--output-sanitize", "false"], config=config)
+    statuses = Counter(entry["response"]["status"] for entry in entries)
+    assert statuses.keys() <= {200, 401, 405, 422}, statuses
+    assert statuses[422] > 0 and statuses[405] > 0, statuses
+    protected = re.compile(r"/(v[0-9]+/(random|stats)|metrics)$")
+    answered: Counter[tuple[bool, int]] = Counter()
+    for entry in entries:
+        request, path = entry["request"], urlsplit(entry["request"]["url"]).path
+        if request["method"] == "GET" and protected.search(path):
+            sent = {header["value"] for header in request["headers"] if header["name"].lower() == "authorization"}
+            answered[sent == {f"Bearer {token}"}, entry["response"]["status"]] += 1
+    # Every protected GET answered 200 carried the token; those without it (Schemathesis's `ignored_auth`
+    # check sends some) were refused.
+    assert answered[True, 200] > 0 and answered[False, 401] > 0 and not answered[False, 200], answered
+    assert token not in server.log()
+
+
 def run(port: int, max_examples: int, extra: list[str] | None = None) -> Counter[int]:
     """Schemathesis's own CLI (it runs every phase, which its Python API leaves to the caller); the statuses
     of every response it got, from its HAR report."""
+    return Counter(entry["response"]["status"] for entry in run_entries(port, max_examples, extra))
+
+
+def run_entries(port: int, max_examples: int, extra: list[str] | None = None, config: str | None = None) -> list:
+    """The same run's HAR entries (every request and its response); `config`: a schemathesis.toml for it."""
     with tempfile.TemporaryDirectory() as folder:
+        if config is not None:
+            (Path(folder) / "schemathesis.toml").write_text(config)
         har = Path(folder) / "run.har"
         command = [
             sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{port}/openapi.json",
@@ -219,5 +296,4 @@ def run(port: int, max_examples: int, extra: list[str] | None = None) -> Counter
         # A throwaway working folder: the CLI keeps a cache folder (.schemathesis/) in it.
         result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-        entries = json.loads(har.read_text())["log"]["entries"]
-    return Counter(entry["response"]["status"] for entry in entries)
+        return json.loads(har.read_text())["log"]["entries"]

@@ -16,6 +16,7 @@ from uniquerand.numbers import spaces_from_config
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Builds the app: defaults, then UNIQUERAND_* variables, then `test_config`, then validation."""
     from uniquerand.blueprints import docs, index, operations
+    from uniquerand.blueprints.access import guard_from_config
     from uniquerand.blueprints.stage import stage_blueprint
     from uniquerand.metrics import Metrics
     from uniquerand.stages import build_stages
@@ -31,11 +32,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     spaces = spaces_from_config(app.config)
     stages = build_stages(Path(app.config["INSTANCE_PATH"]), spaces, app.config)
     metrics = Metrics(stages)
+    # None without TOKENS_FILE: every path is open.
+    guard = guard_from_config(app.config)
     app.extensions["uniquerand"] = {
         "spaces": spaces,
         "stages": stages,
         "stores": {stage.name: stage.store for stage in stages},
         "metrics": metrics,
+        "guard": guard,
     }
 
     register_error_handlers(app)
@@ -44,7 +48,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(docs.bp)
     app.register_blueprint(operations.bp)
     for stage in stages:
-        app.register_blueprint(stage_blueprint(stage, metrics.observer(stage.name)))
+        app.register_blueprint(stage_blueprint(stage, metrics.observer(stage.name), guard))
     cli.register(app)
     return app
 

@@ -1,4 +1,4 @@
-"""Command-line tools (`flask init-shards`, `flask bench`): thin click wrappers over plain functions."""
+"""Command-line tools (`flask init-shards`, `flask bench`, `flask tokens`): thin click wrappers over plain functions."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from uniquerand.storage.contract import StoreError
+from uniquerand.tokens import TokenFile, TokenFileError, TokenNameError, check_name
 
 # Fills at least this large report their progress after every chunk.
 PROGRESS_FROM = 100_000
@@ -19,6 +20,7 @@ PROGRESS_FROM = 100_000
 def register(app: Flask) -> None:
     app.cli.add_command(init_shards_command)
     app.cli.add_command(bench_command)
+    app.cli.add_command(tokens_command)
 
 
 @click.command("init-shards")
@@ -80,8 +82,18 @@ def _csv(kind: type):
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default="bench-results",
               show_default=True, help="Folder for the JSON results and the PNG chart.")  # fmt: skip
 @click.option("--chart/--no-chart", default=True, show_default=True, help="Draw the PNG chart (needs matplotlib).")
+@click.option("--database-url", metavar="URL",
+              help="Also measure /v3-/v5 on this PostgreSQL database (rows /v3-pg etc., from a second server); one "
+                   "the bench may fill: it must hold no uniquerand tables; those it makes are dropped.")  # fmt: skip
+@click.option("--postgres", is_flag=True,
+              help="Like --database-url, on a throwaway cluster the bench starts from the Debian binaries "
+                   "(127.0.0.1, fsync on, pg_stat_statements) and removes at the end.")  # fmt: skip
+@click.option("--cost", is_flag=True,
+              help="With --postgres/--database-url: statements, commits and WAL per 1000 numbers of each "
+                   "PostgreSQL row, the ceiling of one database server and the app hosts it carries.")  # fmt: skip
 def bench_command(**params) -> None:
     """Compare every stage side by side: requests/s, numbers/s, ratio to /healthz, latency, duplicates."""
+    from uniquerand.bench.cost import cost_table
     from uniquerand.bench.report import table
     from uniquerand.bench.runner import BenchOptions, run_bench
     from uniquerand.bench.server import BenchError
@@ -98,6 +110,7 @@ def bench_command(**params) -> None:
         duration=params["duration"], warmup=params["warmup"], baseline=params["baseline"], repeat=params["repeat"],
         client=params["client"],
         idle_timeout=params["idle_timeout"], output=params["output"], chart=params["chart"],
+        database_url=params["database_url"], postgres=params["postgres"], cost=params["cost"],
     )  # fmt: skip
     previous = _stop_on_sigterm()
     try:
@@ -112,6 +125,8 @@ def bench_command(**params) -> None:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     click.echo(table(outcome.medians, outcome.rows))
+    if outcome.costs or outcome.capacity:
+        click.echo(cost_table(outcome.costs, outcome.capacity))
     click.echo(f"\nJSON: {outcome.json_path}" + (f"\nchart: {outcome.chart_path}" if outcome.chart_path else ""))
     if outcome.duplicates:
         click.secho(f"DUPLICATES: {outcome.duplicates} numbers were handed out twice.", fg="red", bold=True, err=True)
@@ -128,3 +143,70 @@ def _stop_on_sigterm():
         return signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread: leave signals alone
         return None
+
+
+@click.group("tokens")
+def tokens_command() -> None:
+    """Access tokens (UNIQUERAND_TOKENS_FILE): create one per client, list them, revoke one. A running server
+    picks up every change at its next request, without a restart."""
+
+
+def _token_file() -> TokenFile:
+    path = current_app.config["TOKENS_FILE"]
+    if not path:
+        raise click.ClickException("UNIQUERAND_TOKENS_FILE is not set: name the file that holds the token hashes.")
+    return TokenFile(Path(path))
+
+
+@tokens_command.command("create")
+@click.argument("name")
+@with_appcontext
+def create_token_command(name: str) -> None:
+    """Create a token for the client NAME and print it, once. NAME: 1 to 64 of A-Z a-z 0-9 . _ -"""
+    _check_name_argument(name)
+    tokens = _token_file()
+    try:
+        token = tokens.create(name)
+    except (TokenNameError, TokenFileError) as err:
+        raise click.ClickException(str(err)) from None
+    # The token alone on stdout (TOKEN=$(flask tokens create NAME)); the notice on stderr.
+    click.echo(token)
+    click.echo(f"Token for {name!r} created in {tokens.path}. It will not be shown again: store it now.", err=True)
+
+
+@tokens_command.command("list")
+@with_appcontext
+def list_tokens_command() -> None:
+    """List the clients that have a token and when each was created; never the tokens or their hashes."""
+    tokens = _token_file()
+    if not tokens.path.exists():
+        click.echo(f"No tokens: {tokens.path} does not exist yet.", err=True)
+        return
+    try:
+        entries = tokens.entries()
+    except TokenFileError as err:
+        raise click.ClickException(str(err)) from None
+    for entry in entries:
+        click.echo(f"{entry.name}\t{entry.created or '-'}")
+    if not entries:
+        click.echo(f"No tokens in {tokens.path}.", err=True)
+
+
+@tokens_command.command("revoke")
+@click.argument("name")
+@with_appcontext
+def revoke_token_command(name: str) -> None:
+    """Revoke the token of the client NAME. Running servers refuse it from their next request on."""
+    _check_name_argument(name)
+    try:
+        _token_file().revoke(name)
+    except (TokenNameError, TokenFileError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"Revoked the token of {name!r}.", err=True)
+
+
+def _check_name_argument(name: str) -> None:
+    try:
+        check_name(name)
+    except TokenNameError as err:
+        raise click.BadParameter(str(err), param_hint="NAME") from None

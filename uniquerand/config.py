@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": "",
     # Connections each worker process may open to it (a deployment needs hosts x workers x this many).
     "DATABASE_POOL_SIZE": 8,
+    # A file of access-token hashes (`flask tokens create NAME` writes it; relative to INSTANCE_PATH). When
+    # set, /vN/random and /vN/stats need `Authorization: Bearer <token>`. Empty: every path is open.
+    "TOKENS_FILE": "",
+    # Whether /metrics needs a token too (requires TOKENS_FILE).
+    "METRICS_REQUIRE_TOKEN": False,
 }
 
 
@@ -85,6 +91,18 @@ def _decimal(config: dict, key: str) -> Decimal:
     return number
 
 
+def _boolean(config: dict, key: str) -> bool:
+    value = config[key]
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}.")
+
+
 def validate(config: dict) -> None:
     """Normalises the settings in place; raises ConfigError naming the first bad one.
 
@@ -125,6 +143,7 @@ def validate(config: dict) -> None:
     config["V5_BLOCK_SIZE"] = _integer(config, "V5_BLOCK_SIZE", 1, 1_000_000)
     _validate_v4(config)
     _validate_database(config)
+    _validate_tokens(config)
 
 
 def _validate_v4(config: dict) -> None:
@@ -150,3 +169,15 @@ def _validate_database(config: dict) -> None:
             "DATABASE_URL must be a PostgreSQL URI such as postgresql://user@host:5432/dbname, "
             f"got one starting with {url.split(':', 1)[0]!r}."
         )
+
+
+def _validate_tokens(config: dict) -> None:
+    path = str(config["TOKENS_FILE"] or "").strip()
+    if path:
+        # Beside the data by default, so that `flask tokens` and the server agree wherever they were started.
+        # Symlinks are not resolved here: the server follows one on every read (a secret swapped under it).
+        path = os.path.abspath(Path(config["INSTANCE_PATH"]) / Path(path).expanduser())
+    config["TOKENS_FILE"] = path
+    config["METRICS_REQUIRE_TOKEN"] = _boolean(config, "METRICS_REQUIRE_TOKEN")
+    if config["METRICS_REQUIRE_TOKEN"] and not path:
+        raise ConfigError("METRICS_REQUIRE_TOKEN needs TOKENS_FILE: set UNIQUERAND_TOKENS_FILE to a tokens file.")

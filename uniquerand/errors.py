@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, UnprocessableEntity
 
 from uniquerand.logs import event
@@ -87,6 +87,8 @@ def handle_store_error(error: StoreError):
         extra.update(requested=error.requested, remaining=error.remaining)
     level = logging.ERROR if status == 500 else logging.WARNING
     fields = {"code": code, "status": status, "path": request.path, "message": str(error)}
+    if client := g.get("client_name"):  # the token's name, with TOKENS_FILE set
+        fields["client"] = client
     if error.detail:
         fields["detail"] = error.detail
     event(log, "store_error", level, **fields)

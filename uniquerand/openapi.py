@@ -30,9 +30,22 @@ error body has an `error` message and a machine-readable `code`:
 * A request line longer than 4094 bytes is refused by gunicorn with 414 before the app sees it.
 """
 
+TOKENS_DESCRIPTION = """
+This server requires access tokens: the operations marked with a lock need `Authorization: Bearer <token>`
+(on /docs: **Authorize**). An operator creates one per client with `flask tokens create NAME`.
+
+* **401** `unauthorized`: no token, a malformed one, or one that is wrong or revoked, with
+  `WWW-Authenticate: Bearer`. Nothing was issued and no store was touched.
+* **503** `tokens_unavailable`: the server cannot read its tokens file; wait `Retry-After` seconds.
+"""
+
+BEARER_SCHEME = "bearerAuth"
+
 
 def build_document(app: Flask) -> Schema:
+    """The document; with TOKENS_FILE set, the operations that need a token say so (`security`, 401)."""
     stages = app.extensions["uniquerand"]["stages"]
+    tokens = bool(app.config["TOKENS_FILE"])
     paths: dict[str, Schema] = {
         "/": _path(_operation("index", "The stages this server runs, with links.", "service", _ok(_INDEX))),
         "/healthz": _path(
@@ -42,22 +55,60 @@ def build_document(app: Flask) -> Schema:
             _operation("openapi", "This document.", "service", _ok({"type": "object"}), errors=False)
         ),
         "/docs": _path(_operation("docs", "This document as a page.", "service", _html_ok(), errors=False)),
+        "/readyz": _path(_readyz_operation()),
+        "/metrics": _path(_metrics_operation(app.config["METRICS_REQUIRE_TOKEN"])),
     }
     for stage in stages:
-        paths[f"/{stage.name}/random"] = _path(_random_operation(stage, app.config))
-        paths[f"/{stage.name}/stats"] = _path(
-            _operation(f"{stage.name}_stats", f"Counters of /{stage.name}.", stage.name, _ok(_stats(stage.name)))
-        )
+        stats = _operation(f"{stage.name}_stats", f"Counters of /{stage.name}.", stage.name, _ok(_stats(stage.name)))
+        paths[f"/{stage.name}/random"] = _path(_needs_token(_random_operation(stage, app.config), tokens))
+        paths[f"/{stage.name}/stats"] = _path(_needs_token(stats, tokens))
     return {
         "openapi": "3.1.0",
-        "info": {"title": "uniquerand", "version": API_VERSION, "description": DESCRIPTION},
+        "info": {
+            "title": "uniquerand",
+            "version": API_VERSION,
+            "description": DESCRIPTION + (TOKENS_DESCRIPTION if tokens else ""),
+        },
         "tags": [
             {"name": "service", "description": "The server itself."},
             *({"name": stage.name, "description": stage.description} for stage in stages),
         ],
         "paths": paths,
-        "components": _components(),
+        "components": _components(tokens),
     }
+
+
+def _needs_token(operation: Schema, tokens: bool) -> Schema:
+    if tokens:
+        operation["security"] = [{BEARER_SCHEME: []}]
+        operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+        operation["responses"]["503"] = {"$ref": "#/components/responses/Unavailable"}
+    return operation
+
+
+def _readyz_operation() -> Schema:
+    operation = _operation(
+        "readyz",
+        "Whether every stage can serve now (for a load balancer); asks each store, issues nothing.",
+        "service",
+        _ok(_closed_object({"status": {"const": "ready"}}, "status")),
+        errors=False,
+    )
+    operation["responses"]["503"] = _error_response(
+        "Not every stage can serve now: `stages` names each one that cannot, and why. Retry after `Retry-After`.",
+        "NotReady",
+        {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
+    )
+    return operation
+
+
+def _metrics_operation(needs_token: bool) -> Schema:
+    ok = {
+        "description": "Prometheus's text format: every worker's counts added up, and the stores' levels.",
+        "headers": _NO_STORE,
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return _needs_token(_operation("metrics", "Metrics for Prometheus.", "service", ok, errors=False), needs_token)
 
 
 def _path(get: Schema) -> Schema:
@@ -166,11 +217,14 @@ def _codes(status: int, retryable: bool | None = None) -> list[str]:
     return [code for s, code, retry in STORE_ERROR_RESPONSES.values() if s == status and retryable in (None, retry)]
 
 
-def _components() -> Schema:
-    retry_codes = ", ".join(f"`{code}`" for code in _codes(503, True))
+def _components(tokens: bool) -> Schema:
+    # The guard's own 503 (uniquerand.blueprints.access), on a server with tokens.
+    token_codes = ["tokens_unavailable"] if tokens else []
+    unavailable = _codes(503) + token_codes
+    retry_codes = ", ".join(f"`{code}`" for code in _codes(503, True) + token_codes)
     final_codes = ", ".join(f"`{code}`" for code in _codes(503, False))
     count = {"type": "integer", "minimum": 0}
-    return {
+    components = {
         "schemas": {
             "NotFound": _error(["not_found"]),
             "MethodNotAllowed": _error(["method_not_allowed"]),
@@ -184,7 +238,10 @@ def _components() -> Schema:
                 },
             ),
             "ServerError": _error([*_codes(500), "store_error", "internal_error"]),
-            "Unavailable": _error(_codes(503), {"requested": count, "remaining": count}),
+            "Unavailable": _error(unavailable, {"requested": count, "remaining": count}),
+            "NotReady": _error(
+                ["not_ready"], {"stages": {"type": "object", "additionalProperties": {"type": "string"}}}
+            ),
             "Allowed": _closed_object({"allow": {"type": "array", "items": {"type": "string"}}}, "allow"),
         },
         "headers": {
@@ -226,6 +283,30 @@ def _components() -> Schema:
             ),
         },
     }
+    if tokens:
+        _add_bearer_components(components)
+    return components
+
+
+def _add_bearer_components(components: Schema) -> None:
+    components["securitySchemes"] = {
+        BEARER_SCHEME: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An access token from `flask tokens create NAME`, sent as `Authorization: Bearer <token>`.",
+        }
+    }
+    components["schemas"]["Unauthorized"] = _error(["unauthorized"])
+    components["headers"]["WWW-Authenticate"] = {
+        "description": 'The Bearer challenge; `error="invalid_token"` when a token was sent and refused.',
+        "required": True,
+        "schema": {"type": "string", "pattern": '^Bearer realm="uniquerand"(, error="invalid_token")?$'},
+    }
+    components["responses"]["Unauthorized"] = _error_response(
+        "No access token, a malformed one, or one that is wrong or revoked. Nothing was issued.",
+        "Unauthorized",
+        {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
+    )
 
 
 _NO_STORE: Schema = {"Cache-Control": {"$ref": "#/components/headers/Cache-Control"}}

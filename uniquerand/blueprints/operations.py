@@ -12,13 +12,19 @@ bp = Blueprint("operations", __name__)
 
 @bp.get("/readyz")
 def readyz():
-    """200 when every stage's store can serve now; else 503 naming the stages that cannot, and why."""
+    """200 when every stage's store can serve now; else 503 naming the stages that cannot, and why. Tokens that
+    cannot be checked (an unreadable tokens file) keep every stage from serving."""
+    extensions = current_app.extensions["uniquerand"]
+    guard = extensions["guard"]
+    refused = guard.check_ready() if guard is not None else None
     faults: dict[str, str] = {}
-    for stage in current_app.extensions["uniquerand"]["stages"]:
+    for stage in extensions["stages"]:
         try:
             stage.store.check_ready()
         except StoreError as err:
             faults[stage.name] = str(err)
+        if refused and stage.name not in faults:
+            faults[stage.name] = refused
     if not faults:
         return jsonify({"status": "ready"})
     names = ", ".join(f"/{name}" for name in faults)
@@ -30,5 +36,7 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
+    if current_app.config["METRICS_REQUIRE_TOKEN"]:
+        current_app.extensions["uniquerand"]["guard"].client()
     body, content_type = current_app.extensions["uniquerand"]["metrics"].exposition()
     return Response(body, content_type=content_type)

@@ -6,32 +6,36 @@ from __future__ import annotations
 
 from time import perf_counter
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
+from uniquerand.blueprints.access import BearerGuard, client_name
 from uniquerand.blueprints.common import numbers_response, random_request_reader
 from uniquerand.errors import code_of
 from uniquerand.metrics import Observe
 from uniquerand.stages import Stage
 
 
-def stage_blueprint(stage: Stage, observe: Observe) -> Blueprint:
-    """The stage's blueprint; every /random request is reported to `observe` (the metrics)."""
+def stage_blueprint(stage: Stage, observe: Observe, guard: BearerGuard | None = None) -> Blueprint:
+    """The stage's blueprint; every /random request is reported to `observe` (the metrics), with the client's
+    name when `guard` requires a token on both paths."""
     bp = Blueprint(stage.name, __name__, url_prefix=f"/{stage.name}")
     # Taken once here, not looked up through the app on every request.
     store, spaces = stage.store, stage.store.spaces
     parse = random_request_reader(stage.lenient_type, stage.accepts_count)
     sources = stage.sources
+    client_of = _anonymous if guard is None else client_name
 
     @bp.get("/random")
     def random_number():
-        started, kind = perf_counter(), "none"
+        started, kind, client = perf_counter(), "none", client_of()
         try:
             kind, count = parse()
             issued = store.issue(kind, count or 1)
         except Exception as err:
-            observe(kind, code_of(err), "", perf_counter() - started, 0)
+            observe(kind, code_of(err), client, perf_counter() - started, 0)
             raise
-        observe(kind, "ok", "", perf_counter() - started, len(issued.codes))
+        observe(kind, "ok", client, perf_counter() - started, len(issued.codes))
         if sources is None:
             return numbers_response(spaces[kind], issued.codes, count)
         if count is None:
@@ -42,4 +46,22 @@ def stage_blueprint(stage: Stage, observe: Observe) -> Blueprint:
     def stats():
         return jsonify({"stage": stage.name, "types": store.stats()})
 
+    if guard is not None:
+        random_endpoint = f"{stage.name}.random_number"
+
+        @bp.before_request
+        def require_token():
+            # Before the view: a refused request parses nothing and touches no store.
+            started = perf_counter()
+            try:
+                g.client_name = guard.client()
+            except HTTPException as err:
+                if request.endpoint == random_endpoint:
+                    observe("none", code_of(err), "", perf_counter() - started, 0)
+                raise
+
     return bp
+
+
+def _anonymous() -> str:
+    return ""
