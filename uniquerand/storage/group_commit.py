@@ -150,6 +150,9 @@ class GroupCommitter:
         try:
             handle = target.begin()
         except StoreError as err:
+            if gather:
+                # The jobs queued while it failed would wait for a next attempt that fails the same way.
+                self._gather(batch)
             return self._fail(batch, err)
         try:
             if gather:

@@ -47,7 +47,9 @@ def pick_unused(
                     raise SpaceExhaustedError("All possible numbers have been used.")
                 raise InsufficientRemainingError(count, len(picked))
             code = kth_free(space.low, secrets.randbelow(remaining), used_ascending())
-            if not claim(code):
+            # A count read before another writer's commit can promise more free codes than the list has: the
+            # pick then falls past the space's end. Never claimed: the caller retries with fresh counts.
+            if not space.contains(code) or not claim(code):
                 raise RetriesExhaustedError("Could not generate a unique number after multiple attempts.")
         picked.append(code)
     return picked

@@ -20,7 +20,7 @@ from typing import Any
 
 from uniquerand.numbers import KINDS, NumberKind
 from uniquerand.storage import runtime
-from uniquerand.storage.contract import InsufficientRemainingError, StoreKeyError, StoreSettings
+from uniquerand.storage.contract import InsufficientRemainingError, StoreError, StoreKeyError, StoreSettings
 from uniquerand.storage.holders import holder_alive, this_holder
 from uniquerand.storage.keyfile import (
     FINGERPRINT_PREFIX,
@@ -150,15 +150,35 @@ class PostgresCounters:
     def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
         self._set_up()
         parameters = {"need": need, "want": want, "tail": tail, **self._space_of(kind)}
-        with self.database.transaction(self.label) as connection:
-            rows = connection.execute(LEASE, parameters).fetchall()
-            if not rows:
-                return None
-            lease = Lease(*rows[0])
-            connection.execute(RECORD_LEASE, (kind, lease.start, lease.stop, this_holder()))
-            connection.execute(HEARTBEAT, (this_holder(),))
-        self._heartbeat.get().start()
+        unknown = self._heartbeat.get().unknown
+        closing, lease, rows = list(unknown), None, []
+        try:
+            with self.database.transaction(self.label) as connection:
+                self._close_unknown(connection, closing)
+                rows = connection.execute(LEASE, parameters).fetchall()
+                if rows:
+                    lease = Lease(*rows[0])
+                    connection.execute(RECORD_LEASE, (kind, lease.start, lease.stop, this_holder()))
+                    connection.execute(HEARTBEAT, (this_holder(),))
+        except StoreError:
+            if lease is not None:
+                # Its COMMIT may have happened: then it is recorded open, held by this process, which will never
+                # serve it. Closed by this process's next lease or heartbeat, so that the others stop waiting.
+                unknown.append((kind, lease.start))
+                self._heartbeat.get().start()
+            raise
+        del unknown[: len(closing)]
+        if lease is not None:
+            self._heartbeat.get().start()
         return lease
+
+    @staticmethod
+    def _close_unknown(connection: Any, leases: list[tuple[str, int]]) -> None:
+        for kind, start in leases:
+            connection.execute(
+                "UPDATE uniquerand_v5_leases SET open = false WHERE kind = %s AND start = %s AND holder = %s",
+                (kind, start, this_holder()),
+            )
 
     def close_leases(self, kind: NumberKind, starts: list[int]) -> None:
         with self.database.connection(self.label) as connection:
@@ -215,13 +235,17 @@ class PostgresCounters:
             connection.execute("DELETE FROM uniquerand_v5_holders WHERE holder = %s", (this_holder(),))
 
     def heartbeat(self) -> None:
-        """Renews this process's heartbeat if it holds open leases."""
-        with self.database.connection(self.label) as connection:
+        """Renews this process's heartbeat if it holds open leases; closes those whose COMMIT's answer was lost."""
+        unknown = self._heartbeat.get().unknown
+        closing = list(unknown)
+        with self.database.transaction(self.label) as connection:
+            self._close_unknown(connection, closing)
             connection.execute(
                 "UPDATE uniquerand_v5_holders SET heartbeat = now() WHERE holder = %(holder)s AND EXISTS "
                 "(SELECT 1 FROM uniquerand_v5_leases WHERE holder = %(holder)s AND open)",
                 {"holder": this_holder()},
             )
+        del unknown[: len(closing)]
 
     def _space_of(self, kind: NumberKind) -> dict[str, object]:
         space = self.spaces[kind]
@@ -251,6 +275,8 @@ class _Heartbeat:
     def __init__(self, counters: PostgresCounters) -> None:
         self.counters = counters
         self.running = False
+        # Leases of this process whose COMMIT's answer was lost (see `PostgresCounters.lease`).
+        self.unknown: list[tuple[str, int]] = []
 
     def start(self) -> None:
         if self.running:

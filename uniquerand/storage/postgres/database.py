@@ -122,7 +122,9 @@ class Database:
     def _open_pool(self) -> Any:
         from psycopg_pool import ConnectionPool
 
-        milliseconds = int(self.timeout * 1000)
+        # A statement waiting for a lock gives up before its request does: a request that gave up on a job
+        # still running would burn what the job then commits.
+        milliseconds = int(self.timeout * 1000 / 2)
         pool = ConnectionPool(
             self.url,
             min_size=1,

@@ -12,7 +12,6 @@ burned (recorded, never served).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from uniquerand.numbers import KINDS, NumberKind
@@ -25,7 +24,15 @@ from uniquerand.storage.postgres.database import Database, Table
 PREFILL_CHUNK = 50_000
 TABLES = {kind: f"uniquerand_v3_{kind}" for kind in KINDS}
 SCHEMA = [Table(table, (("code", "bigint", "NOT NULL"),), ("code",)) for table in TABLES.values()]
-CLAIM_ONE = {kind: f"INSERT INTO {table} (code) VALUES (%s) ON CONFLICT DO NOTHING" for kind, table in TABLES.items()}
+# A code another transaction has inserted and not committed yet is skipped (its advisory lock is held), never
+# waited for: two hosts' groups that each waited for a code the other inserted would deadlock, and PostgreSQL
+# would end it by failing one group whole. (Codes of both types share the lock keys: a float and an int of the
+# same code in flight at once make one of them draw again, nothing more.)
+CLAIM_ONE = {
+    kind: f"INSERT INTO {table} (code) SELECT code FROM (SELECT %s::bigint AS code) AS drawn "
+    "WHERE pg_try_advisory_xact_lock(code) ON CONFLICT DO NOTHING"
+    for kind, table in TABLES.items()
+}
 # One statement for a whole round of draws; RETURNING names the codes that were new.
 CLAIM_MANY = {
     kind: f"INSERT INTO {table} (code) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING RETURNING code"
@@ -74,30 +81,40 @@ class PostgresStore(Store, Prefilling):
         return result
 
     def _claim_one(self, connection: Any, kind: NumberKind) -> list[int]:
-        """The common request: one draw, one statement; a used code takes the general path."""
+        """The common request: one draw, one statement. A used code takes the general path, in a savepoint:
+        its statements may fail without failing the rest of the group."""
         code = self.spaces[kind].draw()
         if connection.execute(CLAIM_ONE[kind], (code,)).rowcount == 1:
             return [code]
-        return self._claim(connection, kind, 1)
+        with connection.transaction():  # a savepoint: in the group's transaction already
+            return self._claim(connection, kind, 1)
 
     def _claim(self, connection: Any, kind: NumberKind, count: int) -> list[int]:
         space, table = self.spaces[kind], TABLES[kind]
+        # Near the end of the space only, the exact pick: the used codes counted and listed by one statement,
+        # so that other hosts' commits between two statements cannot make them disagree. Read again after
+        # each claim of this job.
+        used: list[int] | None = None
+
+        def used_codes() -> list[int]:
+            nonlocal used
+            if used is None:
+                query = f"SELECT code FROM {table} WHERE code BETWEEN %s AND %s ORDER BY code"
+                used = [code for (code,) in connection.execute(query, (space.low, space.high))]
+            return used
 
         def claim(code: int) -> bool:
+            nonlocal used
+            used = None
             return connection.execute(CLAIM_ONE[kind], (code,)).rowcount == 1
-
-        def used_ascending() -> Iterator[int]:
-            # Near the end of the space only: the exact pick reads the codes in order.
-            query = f"SELECT code FROM {table} WHERE code BETWEEN %s AND %s ORDER BY code"
-            yield from (code for (code,) in connection.execute(query, (space.low, space.high)))
 
         return pick_unused(
             space,
             count,
             self.max_attempts,
             claim,
-            lambda: self._count(connection, kind),
-            used_ascending,
+            lambda: len(used_codes()),
+            used_codes,
             lambda codes: insert_new_codes(connection, kind, codes),
         )
 

@@ -190,6 +190,9 @@ class PostgresShardRefiller:
         """Up to `wanted` codes newly recorded in the kind's ledger (fewer only at the end of the space), in the
         order they were drawn."""
         space, ledger = self.spaces[kind], LEDGER[kind]
+        # One reservation of the kind at a time, across hosts: the count read below stays true while this one
+        # draws (the exact pick near the end relies on it), and two refills never wait on each other's rows.
+        connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", refill_lock(f"ledger {kind}"))
         query = f"SELECT coalesce(sum(filled), 0)::bigint FROM {SHARDS} WHERE kind = %s"
         recorded = connection.execute(query, (kind,)).fetchone()[0]
         wanted = min(wanted, space.size - recorded)
