@@ -17,6 +17,8 @@ from uniquerand.storage.contract import (
     SpaceExhaustedError,
 )
 
+EXACT_PICKS = 8
+
 
 def pick_unused(
     space: NumberSpace,
@@ -41,18 +43,34 @@ def pick_unused(
     for _ in range(count - len(picked)):
         code = _draw_free(space, max_attempts, claim)
         if code is None:
-            remaining = space.size - count_used()
-            if remaining <= 0:
-                if count == 1:
-                    raise SpaceExhaustedError("All possible numbers have been used.")
-                raise InsufficientRemainingError(count, len(picked))
-            code = kth_free(space.low, secrets.randbelow(remaining), used_ascending())
-            # A count read before another writer's commit can promise more free codes than the list has: the
-            # pick then falls past the space's end. Never claimed: the caller retries with fresh counts.
-            if not space.contains(code) or not claim(code):
-                raise RetriesExhaustedError("Could not generate a unique number after multiple attempts.")
+            code = _pick_exactly(space, count, len(picked), claim, count_used, used_ascending)
         picked.append(code)
     return picked
+
+
+def _pick_exactly(
+    space: NumberSpace,
+    count: int,
+    picked: int,
+    claim: Callable[[int], bool],
+    count_used: Callable[[], int],
+    used_ascending: Callable[[], Iterable[int]],
+) -> int:
+    """A code chosen uniformly among the free ones, and claimed. Under one exclusive lock (the files) the
+    first pick is claimed; a database shared by other writers can see another transaction take the code
+    first (or hold it, not committed yet), so it counts and picks again, EXACT_PICKS times at most."""
+    for _ in range(EXACT_PICKS):
+        remaining = space.size - count_used()
+        if remaining <= 0:
+            if count == 1:
+                raise SpaceExhaustedError("All possible numbers have been used.")
+            raise InsufficientRemainingError(count, picked)
+        code = kth_free(space.low, secrets.randbelow(remaining), used_ascending())
+        # A count read before another writer's commit can promise more free codes than the list has: the
+        # pick then falls past the space's end, and is never claimed.
+        if space.contains(code) and claim(code):
+            return code
+    raise RetriesExhaustedError("Could not generate a unique number after multiple attempts.")
 
 
 def _draw_many_free(
