@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import shutil
+import socket
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
+from tests.postgres import database_for
 from tests.support import STAGE_NAMES
+from uniquerand.bench.cluster import default_base
+from uniquerand.bench.cost import Capacity, ceilings
 from uniquerand.bench.results import Ledger, Row, median_rows
 
 SMALL = [
@@ -149,6 +156,9 @@ def test_bench_measures_a_running_server_given_by_url(runner, tmp_path, make_ser
         (["--url", "http://example.com:8000"], "127.0.0.1"),
         (["--url", "http://127.0.0.1:1", "--prefill", "10"], "--prefill"),
         (["--stages", "v0"], "Unknown stage"),
+        (["--url", "http://127.0.0.1:1", "--postgres"], "--postgres and --database-url need the bench's own"),
+        (["--postgres", "--database-url", "postgresql://127.0.0.1:1/x"], "either"),
+        (["--cost"], "--cost measures the PostgreSQL rows"),
     ],
 )
 def test_bench_refuses_what_it_cannot_do(runner, tmp_path, args, message):
@@ -189,3 +199,96 @@ def test_median_rows_pick_each_rows_middle_round_and_count_every_rounds_duplicat
         ("/v5 int", 2, 0.8, [0.8, 0.9], 0),  # an even number of rounds: the lower middle one
         ("/v4 int", 3, 0.45, None, 0),  # one round: its own median, no range
     ]
+
+
+def test_bench_measures_the_postgres_stages_beside_the_file_ones(runner, tmp_path, postgres):
+    url = database_for(tmp_path / "bench")
+
+    result, document = bench(
+        runner, tmp_path, "--database-url", url, "--stages", "v3,v4,v5", "--types", "int", "--count", "3",
+        "--prefill", "30", "--no-chart",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    labels = [row["label"] for row in document["medians"]]
+    # Side by side: each row of the server on PostgreSQL right after the same row of the main one.
+    assert labels == [
+        "/healthz", "/healthz-pg", "/v3 int", "/v3-pg int", "/v4 int", "/v4-pg int", "/v5 int", "/v5-pg int",
+        "/v3 int x3", "/v3-pg int x3", "/v4 int x3", "/v4-pg int x3", "/v5 int x3", "/v5-pg int x3",
+    ]  # fmt: skip
+    rows = document["rows"]
+    healthz = {row["server"]: row["ok_per_s"] for row in rows if row["stage"] == "healthz"}
+    for row in rows:
+        assert row["prefill"] == 30
+        assert_sane(row)
+        # --baseline once: each server's rows divide by that server's /healthz.
+        assert row["healthz_ok_per_s"] == healthz[row["server"]]
+    servers = document["settings"]["servers"]
+    assert [server["on"] for server in servers] == ["", "pg"] and "database" in servers[1]
+    assert document["settings"]["database"]["fsync"] == "on"
+    assert "cost" not in document
+    # The database is left as the bench found it: the stores' tables are dropped.
+    with psycopg.connect(url, connect_timeout=10) as connection:
+        assert connection.execute("SELECT to_regclass('uniquerand_v3_int')").fetchone() == (None,)
+
+
+@pytest.mark.skipif(not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reason="no PostgreSQL server binaries")
+def test_bench_starts_a_throwaway_cluster_measures_the_cost_and_removes_it(runner, tmp_path):
+    """One run for both (the cost's snapshots wait for PostgreSQL to publish a backend's last statistics,
+    about 10 s after it went idle): --postgres, then --cost of the PostgreSQL row."""
+    before = set(default_base("bench").glob("cluster-*"))
+
+    result, document = bench(runner, tmp_path, "--postgres", "--cost", "--stages", "v3", "--types", "int", "--no-chart")
+
+    assert result.exit_code == 0, result.output
+    assert [row["label"] for row in document["medians"]] == ["/healthz", "/healthz-pg", "/v3 int", "/v3-pg int"]
+    for row in document["rows"]:
+        assert_sane(row)
+    database = document["settings"]["database"]
+    assert database["throwaway_cluster"] and database["pg_stat_statements"] and database["fsync"] == "on"
+    capacity = document["cost"]["capacity"]
+    assert capacity["commits_per_s"] > 0 and capacity["hot_row_updates_per_s"] > 0
+    assert capacity["wal_bytes_per_s"] > 0
+    [cost] = document["cost"]["rows"]
+    assert cost["label"] == "/v3-pg int" and cost["numbers"] > 0 and cost["duplicates"] == 0
+    per_1000 = cost["per_1000"]
+    # Every number is a row inserted and committed: statements, commits, WAL and tuples written for each.
+    assert per_1000["statements"] > 0 and per_1000["commits"] > 0 and per_1000["wal_bytes"] > 0
+    assert per_1000["wal_records"] > 0 and per_1000["tuples_written"] > 0
+    assert per_1000["server_cpu_ms"] is None or per_1000["server_cpu_ms"] >= 0
+    assert cost["limits"]["commits"] > 0 and cost["limits"]["wal"] > 0
+    assert cost["ceiling_numbers_per_s"] == min(cost["limits"].values()) > 0
+    assert cost["host_numbers_per_s"] > 0 and cost["hosts"] > 0
+    assert cost["connections"] > 0 and cost["hosts_by_connections"] > 0
+    assert "PostgreSQL cost per 1000 numbers served" in result.output
+    assert "database server capacity" in result.output
+    port = urlsplit(database["url"]).port
+    # Stopped and removed: nothing listens on its port, no folder of it is left.
+    assert set(default_base("bench").glob("cluster-*")) <= before
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_bench_leaves_a_database_with_uniquerand_tables_alone(runner, tmp_path, postgres):
+    url = database_for(tmp_path / "bench")
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as connection:
+        connection.execute("CREATE TABLE uniquerand_v3_int (code bigint PRIMARY KEY)")
+        connection.execute("INSERT INTO uniquerand_v3_int VALUES (7)")
+
+    result, _ = bench(runner, tmp_path, "--database-url", url, "--client", "python")
+
+    assert result.exit_code == 1
+    assert "holds uniquerand tables" in result.output
+    with psycopg.connect(url, connect_timeout=10) as connection:
+        assert connection.execute("SELECT code FROM uniquerand_v3_int").fetchall() == [(7,)]
+
+
+def test_ceilings_take_each_limit_and_the_lowest_wins():
+    capacity = Capacity(seconds=5, cores=2, commits_per_s=6000, hot_row_updates_per_s=2000, wal_bytes_per_s=50e6)
+    per_1000 = {"commits": 200.0, "wal_bytes": 200_000.0, "hot_row_updates": 0.0, "server_cpu_ms": 100.0}
+
+    limits = ceilings(per_1000, capacity)
+
+    # 6000 commits/s at 0.2 per number; 50 MB/s at 200 bytes; 2 cores at 100 us of CPU per number.
+    assert limits == {"commits": 30_000.0, "wal": 250_000.0, "cpu": 20_000.0}
+    assert ceilings({**per_1000, "hot_row_updates": 1.0, "server_cpu_ms": None}, capacity)["hot row"] == 2_000_000.0

@@ -8,7 +8,8 @@ from uniquerand.bench.results import Row
 
 
 def draw_chart(path: Path, rows: list[Row], title: str) -> None:
-    """Writes a PNG; matplotlib is imported here so that the rest of the bench runs without it."""
+    """Writes a PNG; matplotlib is imported here so that the rest of the bench runs without it. Rows of the
+    server on PostgreSQL (`/v3-pg int`) share their stage's colour, drawn with triangles and thinner lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +22,7 @@ def draw_chart(path: Path, rows: list[Row], title: str) -> None:
     stage_order: list[str] = []
     series: dict[str, list[Row]] = {}
     # Legend grouped by stage: singles then batches, int before float.
-    for row in sorted(rows, key=lambda row: (row.stage, row.count or 0, row.type != "int")):
+    for row in sorted(rows, key=lambda row: (row.stage, row.server, row.count or 0, row.type != "int")):
         if row.stage != "healthz":
             series.setdefault(row.label, []).append(row)
     for label, points in series.items():
@@ -32,11 +33,14 @@ def draw_chart(path: Path, rows: list[Row], title: str) -> None:
         colour = palette[(2 * stage_order.index(first.stage) + (first.type == "float")) % len(palette)]
         xs = [row.prefill for row in points]
         ys = [max(row.numbers_per_s, 0.1) for row in points]
-        axes.plot(xs, ys, "--" if first.count else "-", color=colour, marker="o", label=label)
-    healthz = sorted((row for row in rows if row.stage == "healthz"), key=lambda row: row.prefill)
-    if healthz:
-        axes.plot([row.prefill for row in healthz], [row.ok_per_s for row in healthz], ":", color="grey",
-                  marker="s", label="/healthz (requests/s)")  # fmt: skip
+        style = {"marker": "^", "linewidth": 1} if first.server else {"marker": "o"}
+        axes.plot(xs, ys, "--" if first.count else "-", color=colour, label=label, **style)
+    for server in sorted({row.server for row in rows}):
+        healthz = sorted((row for row in rows if row.stage == "healthz" and row.server == server),
+                         key=lambda row: row.prefill)  # fmt: skip
+        if healthz:
+            axes.plot([row.prefill for row in healthz], [row.ok_per_s for row in healthz], ":", color="grey",
+                      marker="^" if server else "s", label=f"{healthz[0].label} (requests/s)")  # fmt: skip
     levels = sorted({row.prefill for row in rows})
     # symlog keeps the 0 level on a log axis; the linear part ends below the smallest real level.
     axes.set_xscale("symlog", linthresh=min([level for level in levels if level] or [1000]))

@@ -48,6 +48,17 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used by a server process and its children (a PostgreSQL postmaster and its backends), the
+    children it already reaped included."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0
+    reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+    return cpu_seconds([pid, *children(pid)]) + reaped
+
+
 def peak_memory_kib(pid: int) -> int | None:
     """VmHWM: the most resident memory the process has held (since start or the last reset)."""
     try:

@@ -75,12 +75,19 @@ def table(rows: list[Row], every_round: list[Row] | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, settings: dict, rows: list[Row], medians: list[Row]) -> None:
-    """`rows`: every round's; `medians`: each row's median round, the table's rows."""
+def write_json(path: Path, settings: dict, rows: list[Row], medians: list[Row], cost: dict | None = None) -> None:
+    """`rows`: every round's; `medians`: each row's median round, the table's rows; `cost` (--cost): the
+    database server's `capacity` and the cost `rows`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "settings": settings,
         "rows": [asdict(row) for row in rows],
         "medians": [asdict(row) for row in medians],
     }
+    if cost is not None:
+        capacity = cost["capacity"]
+        document["cost"] = {
+            "capacity": capacity and asdict(capacity),
+            "rows": [asdict(row) for row in cost["rows"]],
+        }
     path.write_text(json.dumps(document, indent=2) + "\n")

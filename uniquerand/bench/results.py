@@ -57,6 +57,7 @@ class Row:
     round: int = 1  # with --repeat: which pass over the rows measured this one
     # In the table of medians (see `median_rows`): the lowest and highest ratio of the row's rounds.
     ratio_range: list[float] | None = None
+    server: str = ""  # "" for the bench's main server, "pg" for its server on PostgreSQL (see Target.server)
 
 
 def error_code(body: str) -> str:
@@ -128,6 +129,7 @@ def build_row(
         server_cpu_percent=round(100 * server_cpu_seconds / duration, 1),
         client_cpu_percent=round(100 * load.client_cpu_seconds / duration, 1),
         idle_wait_s=None if idle_wait_s is None else round(idle_wait_s, 2),
+        server=target.server,
     )
 
 
@@ -140,6 +142,19 @@ def with_baseline_around(row: Row, before: float, after: float) -> Row:
         ratio_to_healthz=round(row.ok_per_s / healthz, 3) if healthz else None,
         healthz_ok_per_s=round(healthz, 1),
         healthz_around=[round(before, 1), round(after, 1)],
+    )
+
+
+def side_by_side(rows: list[Row]) -> list[Row]:
+    """`rows` per prefill level with each row of the PostgreSQL server right after the same row of the main
+    server (`/v3 int`, then `/v3-pg int`), otherwise in the order first measured."""
+    first: dict[tuple, int] = {}
+    for row in rows:
+        first.setdefault((row.prefill, row.stage, row.type, row.count), len(first))
+    levels = list(dict.fromkeys(row.prefill for row in rows))
+    return sorted(
+        rows,
+        key=lambda row: (levels.index(row.prefill), first[(row.prefill, row.stage, row.type, row.count)], row.server),
     )
 
 

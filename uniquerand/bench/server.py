@@ -95,9 +95,11 @@ class GunicornServer(Server):
         threads: int | None,
         log_path: Path,
         worker_class: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.instance_path = instance_path
         self.log_path = log_path
+        self.env = env or {}
         defaults = gunicorn_defaults()
         self.workers = workers or int(defaults["workers"])
         self.threads = threads or int(defaults["threads"])
@@ -117,7 +119,7 @@ class GunicornServer(Server):
         command = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}",
                    "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", self.worker_class,
                    "--no-control-socket"]  # fmt: skip
-        env = {**os.environ, "UNIQUERAND_INSTANCE_PATH": str(self.instance_path)}
+        env = {**os.environ, "UNIQUERAND_INSTANCE_PATH": str(self.instance_path), **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

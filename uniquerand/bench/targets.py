@@ -16,18 +16,24 @@ class Target:
     kind: str | None  # "int" / "float"; None for the baseline
     count: int | None  # numbers asked per request for a batch row, None for single numbers
     path: str
+    # Which of the bench's servers serves the row: "" for the main one, "pg" for the one on PostgreSQL.
+    server: str = ""
 
     @property
     def label(self) -> str:
+        suffix = f"-{self.server}" if self.server else ""
         if self.stage == HEALTHZ:
-            return "/healthz"
+            return f"/healthz{suffix}"
         batch = f" x{self.count}" if self.count else ""
-        return f"/{self.stage} {self.kind}{batch}"
+        return f"/{self.stage}{suffix} {self.kind}{batch}"
 
     @property
     def ledger(self) -> tuple[str, str] | None:
-        """Numbers of rows with the same ledger must all differ from each other."""
-        return None if self.stage == HEALTHZ else (self.stage, self.kind)
+        """Numbers of rows with the same ledger must all differ from each other (each server's stores are
+        their own: the same number from /v3 and /v3-pg is no duplicate)."""
+        if self.stage == HEALTHZ:
+            return None
+        return (f"{self.stage}-{self.server}" if self.server else self.stage, self.kind)
 
 
 def listed_stages(server: Server) -> list[dict]:
@@ -55,28 +61,42 @@ def accepts_count(server: Server, random_path: str, kind: str) -> tuple[bool, li
     return False, [body["number"]] if status == 200 and isinstance(body, dict) and "number" in body else []
 
 
+def on_postgres(entry: dict) -> bool:
+    """Whether the index describes the stage's store as PostgreSQL (with DATABASE_URL set: /v3, /v4, /v5)."""
+    return "PostgreSQL" in entry.get("store", "")
+
+
 def plan(
-    server: Server, stages: list[str] | None, kinds: list[str], count: int | None
+    server: Server, stages: list[str] | None, kinds: list[str], count: int | None, on: str = ""
 ) -> tuple[list[Target], dict[tuple[str, str], list]]:
-    """The rows to run, in order, and the numbers the probes received per (stage, type)."""
+    """The rows to run, in order, and the numbers the probes received per ledger (see `Target.ledger`).
+
+    `on="pg"`: the server keeps its state in PostgreSQL; its rows are the stages whose store is there."""
     listed = listed_stages(server)
     names = [entry["prefix"].strip("/") for entry in listed]
     if stages:
         unknown = sorted(set(stages) - set(names))
         if unknown:
             raise BenchError(f"Unknown stage(s) {', '.join(unknown)}; the server lists {', '.join(names)}.")
-    targets = [Target(HEALTHZ, None, None, "/healthz")]
+    targets = [Target(HEALTHZ, None, None, "/healthz", on)]
     batches: list[Target] = []
     probed: dict[tuple[str, str], list] = {}
     for entry, name in zip(listed, names, strict=True):
-        if stages and name not in stages:
+        if (stages and name not in stages) or (on == "pg" and not on_postgres(entry)):
             continue
         random_path = entry["links"]["random"].split("?")[0]
         for kind in kinds:
-            targets.append(Target(name, kind, None, f"{random_path}?type={kind}"))
+            single = Target(name, kind, None, f"{random_path}?type={kind}", on)
+            targets.append(single)
             if count:
                 batch, numbers = accepts_count(server, random_path, kind)
-                probed[(name, kind)] = numbers
+                probed[single.ledger] = numbers
                 if batch:
-                    batches.append(Target(name, kind, count, f"{random_path}?type={kind}&count={count}"))
+                    batches.append(Target(name, kind, count, f"{random_path}?type={kind}&count={count}", on))
+    if on == "pg" and len(targets) == 1:
+        raise BenchError(
+            "None of the selected stages keeps its state in PostgreSQL on this server (with a database: "
+            + ", ".join(entry["prefix"].strip("/") for entry in listed if on_postgres(entry))
+            + ")."
+        )
     return targets + batches, probed

@@ -36,8 +36,8 @@ class Database:
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
-        # A request waits `timeout` in all: for a connection a quarter of it, for a lock half, so that a database that cannot
-        # be reached is told as such, not as a busy store.
+        # A request waits `timeout` in all: for a connection a quarter of it, for a lock half, so that a database
+        # that cannot be reached is told as such, not as a busy store.
         self.connect_wait = timeout / 4
         self._pool = runtime.PerProcess(self._open_pool)
         self._set_up = runtime.PerProcess(_SetUp)
