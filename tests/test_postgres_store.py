@@ -128,6 +128,15 @@ def test_a_database_of_another_space_is_refused_and_left_as_it_is(postgres, data
     assert len(first) == 1
 
 
+def test_v5_refuses_a_key_made_for_its_sqlite_counters(postgres, database_url, tmp_path):
+    # A host that served /v5 from SQLite, then pointed at a new database: its key would replay those numbers.
+    served = issue(create_app({"INSTANCE_PATH": str(tmp_path), **SMALL}).extensions["uniquerand"]["stores"]["v5"])
+    assert len(served) == 1
+    with pytest.raises(StoreKeyError, match="was not made for this database"):
+        stores(tmp_path, database_url)["v5"].issue("int")
+    assert postgres.sql("SELECT count(*) FROM uniquerand_meta WHERE name LIKE 'key%%'", name_of(database_url)) == [(0,)]
+
+
 def test_v5_hosts_share_one_key_and_refuse_without_it(postgres, database_url, tmp_path):
     first = stores(tmp_path / "a", database_url)["v5"]
     codes = issue(first, count=10)

@@ -139,6 +139,13 @@ class PostgresCounters:
                     (self.label, NEW_FINGERPRINT, fingerprint(key).hex()),
                 )
                 rows = {NEW_FINGERPRINT: fingerprint(key)}
+            if not rows:
+                raise StoreKeyError(
+                    f"This host's {self.label} key file ({self.label}/{KEY_NAME} of the instance folder) was not made "
+                    "for this database (it served SQLite's counters.db, or another database): counting here with it "
+                    "would repeat that one's numbers. Give this host the key of the hosts serving this database, or, "
+                    "for a new deployment, move the key file away so that a new one is made. Nothing was changed."
+                )
             name = permutation_row(rows, self.label, "database")
             if rows[name] != fingerprint(key):
                 raise StoreKeyError(
