@@ -11,6 +11,7 @@ import atexit
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,13 @@ def require_local_cluster() -> Cluster:
     if not server.is_local:
         pytest.skip(f"needs a cluster the suite started: it must not stop or restart the server at {server.url()}")
     return server
+
+
+def wait_for_setting(cluster: Cluster, name: str, value: str) -> None:
+    """Until a new session sees the reloaded `value`: the server has then signalled every backend."""
+    deadline = time.monotonic() + 10
+    while cluster.sql("SELECT current_setting(%s)", params=[name])[0][0] != value:
+        assert time.monotonic() < deadline, f"{name} never became {value!r}"
+        time.sleep(0.02)
+    # A pooled backend applies the signal before its next statement; a margin for the signal's delivery.
+    time.sleep(0.2)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.history import KINDS, History, Operation
-from tests.postgres import Cluster, require_local_cluster
+from tests.postgres import Cluster, require_local_cluster, wait_for_setting
 from tests.support import GunicornServer, free_port, get
 
 STAGES = ("v3", "v4", "v5")
@@ -227,16 +227,6 @@ def wait_for_lock_waiters(cluster: Cluster, url: str, count: int) -> None:
     while cluster.sql(query, params=[dbname(url)])[0][0] < count:
         assert time.monotonic() < deadline, f"fewer than {count} requests ever waited for the test's lock"
         time.sleep(0.02)
-
-
-def wait_for_setting(cluster: Cluster, name: str, value: str) -> None:
-    """Until a new session sees the reloaded `value`: the server has then signalled every backend."""
-    deadline = time.monotonic() + 10
-    while cluster.sql("SELECT current_setting(%s)", params=[name])[0][0] != value:
-        assert time.monotonic() < deadline, f"{name} never became {value!r}"
-        time.sleep(0.02)
-    # A pooled backend applies the signal before its next statement; a margin for the signal's delivery.
-    time.sleep(0.2)
 
 
 def in_thread(function, *args) -> tuple[threading.Thread, list]:

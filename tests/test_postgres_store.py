@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.postgres import require_local_cluster
+from tests.postgres import require_local_cluster, wait_for_setting
 from tests.support import REPO
 from uniquerand import create_app
 from uniquerand.storage.contract import (
@@ -175,6 +175,7 @@ def test_a_commit_whose_answer_is_lost_serves_nothing_now_or_later(database_url,
     server.sql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
     server.sql("SELECT pg_reload_conf()")
     try:
+        wait_for_setting(server, "synchronous_standby_names", "nobody")
         with ThreadPoolExecutor(1) as pool:
             # /v5 serves from its lease: a batch beyond it takes a new one.
             pending = pool.submit(cut.issue, "int", 60 if stage == "v5" else 3)
