@@ -66,6 +66,17 @@ def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict, dict[st
         connection.close()
 
 
+def put_json(port: int, path: str, body: object, timeout: float = 30.0) -> tuple[int, dict]:
+    """One PUT of `body` as JSON on a fresh connection: status and JSON body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("PUT", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
 def children(pid: int) -> list[int]:
     """The PIDs whose parent is `pid` (gunicorn's workers, for its master)."""
     result = []

@@ -21,6 +21,7 @@ from uniquerand.storage.contract import (
     StoreKeyError,
     StoreUnavailableError,
 )
+from uniquerand.storage.spaces import SpaceConflictError, SpaceNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ STORE_ERROR_RESPONSES: dict[type[StoreError], tuple[int, str, bool]] = {
     StoreCorruptError: (500, "store_corrupt", False),
     StoreKeyError: (500, "store_key_invalid", False),
     ShardsEmptyError: (503, "shards_empty", True),
+    SpaceNotFoundError: (404, "space_not_found", False),
+    SpaceConflictError: (409, "space_conflict", False),
 }
 
 

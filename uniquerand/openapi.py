@@ -9,6 +9,7 @@ from flask import Flask
 
 from uniquerand.errors import STORE_ERROR_RESPONSES
 from uniquerand.numbers import KINDS
+from uniquerand.openapi_spaces import spaces_paths
 
 Schema = dict[str, Any]
 
@@ -62,6 +63,8 @@ def build_document(app: Flask) -> Schema:
         stats = _operation(f"{stage.name}_stats", f"Counters of /{stage.name}.", stage.name, _ok(_stats(stage.name)))
         paths[f"/{stage.name}/random"] = _path(_needs_token(_random_operation(stage, app.config), tokens))
         paths[f"/{stage.name}/stats"] = _path(_needs_token(stats, tokens))
+        if stage.named_spaces is not None:
+            paths |= spaces_paths(stage.name, app.config["MAX_COUNT"], _Helpers(tokens))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -111,7 +114,22 @@ def _metrics_operation(needs_token: bool) -> Schema:
     return _needs_token(_operation("metrics", "Metrics for Prometheus.", "service", ok, errors=False), needs_token)
 
 
-def _path(get: Schema) -> Schema:
+class _Helpers:
+    """What `openapi_spaces` builds its operations with."""
+
+    def __init__(self, tokens: bool) -> None:
+        self.tokens = tokens
+
+    operation = staticmethod(lambda *args: _operation(*args))
+    ok = staticmethod(lambda *args: _ok(*args))
+    path = staticmethod(lambda get, put=None: _path(get, put))
+    error_response = staticmethod(lambda description, schema: _error_response(description, schema))
+
+    def needs_token(self, operation: Schema) -> Schema:
+        return _needs_token(operation, self.tokens)
+
+
+def _path(get: Schema, put: Schema | None = None) -> Schema:
     tag = get["tags"][0]
     options = {
         "operationId": f"{get['operationId']}_options",
@@ -125,7 +143,7 @@ def _path(get: Schema) -> Schema:
             }
         },
     }
-    return {"get": get, "options": options}
+    return {"get": get, "options": options} | ({"put": put} if put else {})
 
 
 def _operation(
@@ -231,7 +249,7 @@ def _components(tokens: bool) -> Schema:
             "InvalidParameter": _error(
                 ["invalid_parameter"],
                 {
-                    "parameter": {"enum": ["type", "count"]},
+                    "parameter": {"type": "string"},
                     "allowed": {"type": "array", "items": {"type": "string"}},
                     "minimum": {"type": "integer"},
                     "maximum": {"type": "integer"},
@@ -242,6 +260,9 @@ def _components(tokens: bool) -> Schema:
             "NotReady": _error(
                 ["not_ready"], {"stages": {"type": "object", "additionalProperties": {"type": "string"}}}
             ),
+            "SpaceNotFound": _error(["space_not_found"]),
+            "SpaceConflict": _error(["space_conflict"]),
+            "TooLarge": _error(["request_entity_too_large"]),
             "Allowed": _closed_object({"allow": {"type": "array", "items": {"type": "string"}}}, "allow"),
         },
         "headers": {

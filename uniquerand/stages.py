@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,15 @@ from uniquerand.storage.postgres.counters import PostgresCounters
 from uniquerand.storage.postgres.database import Database
 from uniquerand.storage.postgres.issued import PostgresStore
 from uniquerand.storage.postgres.sharded import ShardedPostgresStore
+from uniquerand.storage.spaces import NamedSpaces, SpaceRecord
 from uniquerand.storage.sqlite.counters import SqliteCounters
 from uniquerand.storage.sqlite.issued import SqliteStore
 from uniquerand.storage.sqlite.sharded import ShardedSqliteStore
+from uniquerand.storage.sqlite.space_catalog import SqliteSpaceCatalog
 
 log = logging.getLogger(__name__)
+# The named spaces whose stores (permutation tables, leases) a worker keeps; one dropped closes its leases.
+SPACE_CACHE_SIZE = 1024
 SHARD_NAME = {"type": "string", "pattern": "^(int|float)_shard_[0-9]+\\.db$", "examples": ["int_shard_1.db"]}
 
 
@@ -49,6 +53,8 @@ class Stage:
     # `?count=K` batches; without it the stage answers one number whatever the query says.
     accepts_count: bool = True
     sources: Sources | None = None
+    # /v5's named spaces (`PUT /v5/spaces/{name}`), where the stage's backend keeps them.
+    named_spaces: NamedSpaces | None = None
 
     @property
     def extra_response_properties(self) -> dict[str, Any]:
@@ -105,12 +111,30 @@ def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: 
             ShardedSqliteStore(settings("v4"), shard_size=config["V4_SHARD_SIZE"], refill_at=config["V4_REFILL_AT"]),
             sources=Sources("shard", "shards", SHARD_NAME),
         ),
-        Stage(
-            "v5",
-            "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory.",
-            "a key file (key, 0600) and one SQLite database (counters.db) of per-type counters",
-            LeasedCounterStore(settings("v5"), SqliteCounters(settings("v5")), block_size=config["V5_BLOCK_SIZE"]),
-        ),
+        _sqlite_v5(settings("v5"), config),
+    )
+
+
+def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
+    """/v5 on SQLite, its own two spaces and its named ones counted in one counters.db under one key."""
+    counters = SqliteCounters(settings)
+    catalog = SqliteSpaceCatalog(counters)
+
+    def store_of(record: SpaceRecord) -> LeasedCounterStore:
+        space_settings = replace(
+            settings, spaces={record.space.kind: record.space}, label=f"{settings.label}/spaces/{record.name}"
+        )
+        counters = catalog.counters(record)
+        # The name in the tweak: two spaces of one range serve different sequences.
+        return LeasedCounterStore(space_settings, counters, block_size=config["V5_BLOCK_SIZE"], tweak=f"{record.row}:")
+
+    return Stage(
+        "v5",
+        "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory; "
+        "named spaces of their own range under /v5/spaces.",
+        "a key file (key, 0600) and one SQLite database (counters.db) of the counters, named spaces and leases",
+        LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
+        named_spaces=NamedSpaces(catalog, store_of, cache_size=SPACE_CACHE_SIZE),
     )
 
 

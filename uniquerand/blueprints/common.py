@@ -35,7 +35,7 @@ def random_request_reader(lenient_type: bool, accepts_count: bool) -> RandomRequ
         if common is not None:
             return common
         args = request.args
-        return read_type(args), _batch_count(args) if accepts_count else None
+        return read_type(args), batch_count(args) if accepts_count else None
 
     return read
 
@@ -44,7 +44,7 @@ def _lenient_type(args: MultiDict) -> NumberKind:
     return "float" if args.get("type", "").lower() == "float" else "int"
 
 
-def _single_param(args: MultiDict, name: str) -> str | None:
+def single_param(args: MultiDict, name: str) -> str | None:
     values = args.getlist(name)
     if len(values) > 1:
         raise InvalidParameterError(name, f"'{name}' may be given at most once.")
@@ -53,7 +53,7 @@ def _single_param(args: MultiDict, name: str) -> str | None:
 
 def _strict_type(args: MultiDict) -> NumberKind:
     """`type` must be `int` or `float` (any case)."""
-    value = _single_param(args, "type")
+    value = single_param(args, "type")
     if value is None:
         return "int"
     kind = value.lower()
@@ -64,9 +64,9 @@ def _strict_type(args: MultiDict) -> NumberKind:
     return kind
 
 
-def _batch_count(args: MultiDict) -> int | None:
+def batch_count(args: MultiDict) -> int | None:
     """`count` as an integer in 1..MAX_COUNT, or None when absent."""
-    value = _single_param(args, "count")
+    value = single_param(args, "count")
     if value is None:
         return None
     maximum = current_app.config["MAX_COUNT"]

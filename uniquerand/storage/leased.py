@@ -88,10 +88,12 @@ class _ProcessState:
 
 
 class LeasedCounterStore(Store, Prefilling):
-    def __init__(self, settings: StoreSettings, counters: Counters, *, block_size: int) -> None:
+    def __init__(self, settings: StoreSettings, counters: Counters, *, block_size: int, tweak: str = "") -> None:
         super().__init__(settings)
         self.counters = counters
         self.block_size = block_size
+        # Separates the permutations of named spaces (`storage.spaces`), whose ranges may be the same.
+        self.tweak = tweak
         # A forked child starts with nothing of its parent's: leases inherited by two processes would be
         # served twice.
         self._process = runtime.PerProcess(lambda: _ProcessState(self.lock_timeout, self._busy_error))
@@ -140,12 +142,12 @@ class LeasedCounterStore(Store, Prefilling):
         process = self._process.get()
         with process.lock:
             self._ready(process)
-            for kind in KINDS:
+            for kind in self.spaces:
                 self._permutation(process, process.leases[kind], kind)
 
     def check_ready(self) -> None:
         self.prepare()  # the key, loaded and checked once per process
-        self.counters.remaining("int")
+        self.counters.remaining(next(iter(self.spaces)))
 
     def prefill(self, kind: NumberKind, count: int) -> None:
         process = self._process.get()
@@ -166,9 +168,9 @@ class LeasedCounterStore(Store, Prefilling):
         # The counter and what this process holds, read together: a lease landing in between would count twice.
         with process.lock:
             rows = self.counters.counters()
-            held = {kind: (process.leases[kind].available, process.leases[kind].served) for kind in KINDS}
+            held = {kind: (process.leases[kind].available, process.leases[kind].served) for kind in self.spaces}
         result = {}
-        for kind in KINDS:
+        for kind in self.spaces:
             counter, accounted, skipped = rows.get(kind, (0, 0, 0))
             held_here, served = held[kind]
             size = self.spaces[kind].size
@@ -183,6 +185,20 @@ class LeasedCounterStore(Store, Prefilling):
                 "unaccounted": counter - accounted,
             }
         return result
+
+    def release(self) -> None:
+        """This process serves no more from this store (a named space dropped from its cache): its leases close,
+        their unserved rest a known gap, as at a clean exit."""
+        process = self._process.built()
+        if process is None:
+            return
+        atexit.unregister(self._close_leases)
+        with process.lock:
+            self._close_leases(process)
+            for leases in process.leases.values():
+                # A request still holding this store leases anew rather than serve what is closed.
+                leases.blocks.clear()
+                leases.available = 0
 
     # Serving from memory.
 
@@ -239,7 +255,7 @@ class LeasedCounterStore(Store, Prefilling):
     def _permutation(self, process: _ProcessState, leases: Leases, kind: NumberKind) -> Permutation:
         if leases.permutation is None:
             space = self.spaces[kind]
-            tweak = f"{kind}:{space.low}:{space.high}:{space.decimals}".encode()
+            tweak = f"{self.tweak}{kind}:{space.low}:{space.high}:{space.decimals}".encode()
             leases.permutation = process.permutation_type(process.key, space.size, tweak)
         return leases.permutation
 

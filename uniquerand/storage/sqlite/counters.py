@@ -10,12 +10,13 @@ holds its lock).
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from uniquerand.numbers import KINDS, NumberKind
+from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import (
     InsufficientRemainingError,
@@ -61,6 +62,15 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (kind, start)
 );
 CREATE INDEX IF NOT EXISTS leases_open ON leases (kind) WHERE open = 1;
+CREATE TABLE IF NOT EXISTS spaces (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    low INTEGER NOT NULL,
+    high INTEGER NOT NULL,
+    decimals INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    retired INTEGER NOT NULL DEFAULT 0
+);
 """
 # `next` is the high-water mark: every counter below it belongs to a lease (or a prefill). SET reads
 # the old row, so lease_start is where this lease begins. `accounted` counts leases closed cleanly
@@ -85,13 +95,14 @@ RETURNING next
 """
 
 
-def _remaining(connection: sqlite3.Connection, kind: NumberKind) -> int:
+def _remaining(connection: sqlite3.Connection, row: str) -> int:
     query = "SELECT high - low + 1 - next FROM counters WHERE kind = ?"
-    return connection.execute(query, (kind,)).fetchone()[0]
+    return connection.execute(query, (row,)).fetchone()[0]
 
 
 class SqliteCounters:
-    """`folder`'s counter database and key, for one `LeasedCounterStore`."""
+    """`folder`'s counter database and key, for one `LeasedCounterStore`: the stage's own int and float counters,
+    or (`for_space`) the one counter of a named space, which shares the stage's connection and key."""
 
     def __init__(self, settings: StoreSettings) -> None:
         self.folder = settings.folder
@@ -100,7 +111,17 @@ class SqliteCounters:
         self.spaces = settings.spaces
         self.label = settings.label
         self.lock_timeout = settings.lock_timeout
+        # The counter row of each kind: the stage's own spaces are rows "int" and "float".
+        self.rows: dict[NumberKind, str] = {kind: kind for kind in KINDS}
         self._process = runtime.PerProcess(_Connection)
+
+    def for_space(self, row: str, space: NumberSpace) -> SqliteCounters:
+        """The counter `row` of a named space (its row made with the space, see `space_catalog`), on this
+        stage's connection and key."""
+        counters = copy.copy(self)
+        counters.spaces = {space.kind: space}
+        counters.rows = {space.kind: row}
+        return counters
 
     def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
         """The key, checked against the one-way fingerprint the database keeps of it, and the permutation its
@@ -110,8 +131,15 @@ class SqliteCounters:
         other process looks. A key without a fingerprint means the database was replaced or emptied (a
         truncated counters.db opens as a new, empty one): counting from 0 again with that key would replay
         every number, so the stage refuses. A crash between publishing a new key and committing its
-        fingerprint also leaves that state; it is refused too (fail closed: delete the folder to reset)."""
-        with self._database() as connection:
+        fingerprint also leaves that state; it is refused too (fail closed: delete the folder to reset).
+        Checked once per process: the stage's named spaces share the answer."""
+        process = self._process.get()
+        if process.key_record is None:
+            process.key_record = self._load_key_and_permutation()
+        return process.key_record
+
+    def _load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+        with self.database() as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
@@ -144,57 +172,64 @@ class SqliteCounters:
         """Counters [start, stop), at least `need` and at most `want` of them (exactly `need` once no more than
         `tail` are left), durably leased to this process and recorded with it as their holder; None if fewer
         than `need` are left."""
-        with self._database() as connection:
+        with self.database() as connection:
             # A durable write, which may wait for another process's: off gevent's loop.
             return runtime.run_blocking(self._lease, connection, kind, need, want, tail)
 
     def close_leases(self, kind: NumberKind, starts: list[int]) -> None:
         """This process served every counter of its leases of `kind` that begin at `starts`."""
-        with self._database() as connection:
+        with self.database() as connection:
             query = "UPDATE leases SET open = 0 WHERE kind = ? AND start = ? AND holder = ?"
-            runtime.run_blocking(connection.executemany, query, [(kind, start, this_holder()) for start in starts])
+            row = self.rows[kind]
+            runtime.run_blocking(connection.executemany, query, [(row, start, this_holder()) for start in starts])
 
     def held_elsewhere(self, kind: NumberKind) -> list[int]:
         """Per other live process holding open leases of `kind`: at most how many counters it holds (its open
         leases, whole)."""
-        with self._database() as connection:
+        with self.database() as connection:
             query = (
                 "SELECT holder, sum(stop - start) FROM leases WHERE kind = ? AND open = 1 AND holder != ? "
                 "GROUP BY holder"
             )
-            rows = connection.execute(query, (kind, this_holder())).fetchall()
+            rows = connection.execute(query, (self.rows[kind], this_holder())).fetchall()
             return [size for holder, size in rows if holder_alive(holder)]
 
     def remaining(self, kind: NumberKind) -> int:
         """Counter values not leased yet."""
-        with self._database() as connection:
-            return _remaining(connection, kind)
+        with self.database() as connection:
+            return _remaining(connection, self.rows[kind])
 
     def prefill(self, kind: NumberKind, count: int) -> None:
-        with self._database() as connection:
+        with self.database() as connection:
             if not connection.execute(PREFILL, {"n": count, **self._space_of(kind)}).fetchall():
                 self._check_spaces(connection)
-                raise InsufficientRemainingError(count, _remaining(connection, kind))
+                raise InsufficientRemainingError(count, _remaining(connection, self.rows[kind]))
 
     def counters(self) -> dict[str, tuple[int, int, int]]:
         """Per kind: (next, accounted, skipped); nothing if the database does not exist (never creates it: a
         missing one must still be noticed by the next lease)."""
         if not self.path.exists():
             return {}
-        with self._database() as connection:
-            query = "SELECT kind, next, accounted, skipped FROM counters"
-            return {kind: tuple(values) for kind, *values in connection.execute(query).fetchall()}
+        kinds = {row: kind for kind, row in self.rows.items() if kind in self.spaces}
+        with self.database() as connection:
+            query = f"SELECT kind, next, accounted, skipped FROM counters WHERE kind IN ({', '.join('?' * len(kinds))})"
+            rows = connection.execute(query, list(kinds)).fetchall()
+            return {kinds[row]: tuple(values) for row, *values in rows}
 
     def account(self, unserved: dict[str, tuple[int, int]]) -> None:
         """At a clean exit: per kind, (leased, served) by this process; the difference is a known gap. Its
-        leases close: nobody will serve what is left of them."""
-        with self._database() as connection, transaction(connection):
-            for kind, (leased, served) in unserved.items():
-                connection.execute(
-                    "UPDATE counters SET accounted = accounted + ?, skipped = skipped + ? WHERE kind = ?",
-                    (leased, leased - served, kind),
-                )
-            connection.execute("UPDATE leases SET open = 0 WHERE holder = ? AND open = 1", (this_holder(),))
+        leases of these counters close: nobody will serve what is left of them."""
+        with self.database() as connection, transaction(connection):
+            for kind, row in self.rows.items():
+                if kind in unserved:
+                    leased, served = unserved[kind]
+                    connection.execute(
+                        "UPDATE counters SET accounted = accounted + ?, skipped = skipped + ? WHERE kind = ?",
+                        (leased, leased - served, row),
+                    )
+                # Another named space's, or the stage's own, leases are still served by this process.
+                query = "UPDATE leases SET open = 0 WHERE holder = ? AND kind = ? AND open = 1"
+                connection.execute(query, (this_holder(), row))
 
     def _lease(self, connection: sqlite3.Connection, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
         parameters = {"need": need, "want": want, "tail": tail, **self._space_of(kind)}
@@ -207,17 +242,17 @@ class SqliteCounters:
             if not rows:
                 return None
             lease = Lease(*rows[0])
-            connection.execute(RECORD_LEASE, (kind, lease.start, lease.stop, this_holder()))
+            connection.execute(RECORD_LEASE, (self.rows[kind], lease.start, lease.stop, this_holder()))
         return lease
 
     def _space_of(self, kind: NumberKind) -> dict[str, object]:
         """The statement parameters that tie a lease to this process's space: a counter of another space
         (another process, other settings) must never be leased under this one's permutation."""
         space = self.spaces[kind]
-        return {"kind": kind, "low": space.low, "high": space.high, "decimals": space.decimals}
+        return {"kind": self.rows[kind], "low": space.low, "high": space.high, "decimals": space.decimals}
 
     @contextmanager
-    def _database(self) -> Iterator[sqlite3.Connection]:
+    def database(self) -> Iterator[sqlite3.Connection]:
         """This process's connection, one user at a time; a wait past LOCK_TIMEOUT is a busy store."""
         process = self._process.get()
         if not process.lock.acquire(timeout=self.lock_timeout):
@@ -250,21 +285,25 @@ class SqliteCounters:
             self._check_spaces(connection)
 
     def _check_spaces(self, connection: sqlite3.Connection) -> None:
-        for kind in KINDS:
-            space = self.spaces[kind]
+        for kind, space in self.spaces.items():
+            row = self.rows[kind]
             wanted = (space.low, space.high, space.decimals)
-            connection.execute(
-                "INSERT OR IGNORE INTO counters (kind, low, high, decimals) VALUES (?, ?, ?, ?)", (kind, *wanted)
-            )
-            # A counter indexes one space only; before anything is leased the space may still change.
-            connection.execute(
-                "UPDATE counters SET low = ?, high = ?, decimals = ? WHERE kind = ? AND next = 0", (*wanted, kind)
-            )
-            stored = connection.execute("SELECT low, high, decimals FROM counters WHERE kind = ?", (kind,)).fetchone()
+            if row == kind:
+                # The stage's own counter: made on first use, and before anything is leased its space may
+                # still change with the settings.
+                query = "INSERT OR IGNORE INTO counters (kind, low, high, decimals) VALUES (?, ?, ?, ?)"
+                connection.execute(query, (row, *wanted))
+                query = "UPDATE counters SET low = ?, high = ?, decimals = ? WHERE kind = ? AND next = 0"
+                connection.execute(query, (*wanted, row))
+            stored = connection.execute("SELECT low, high, decimals FROM counters WHERE kind = ?", (row,)).fetchone()
+            if stored is None:
+                # A named space's counter is made in the transaction that creates the space.
+                raise StoreCorruptError(f"The {self.label} store has no counter for its space {row!r}.")
             if tuple(stored) != wanted:
-                settings = "INT_MIN/INT_MAX" if kind == "int" else "FLOAT_MIN/FLOAT_MAX/FLOAT_DECIMALS"
+                settings = {"int": "INT_MIN/INT_MAX", "float": "FLOAT_MIN/FLOAT_MAX/FLOAT_DECIMALS"}.get(row)
+                changed = f" ({settings} changed)" if settings else ""
                 raise StoreCorruptError(
-                    f"The {self.label} store's {kind} counter was written for another space ({settings} changed); "
+                    f"The {self.label} store's {row} counter was written for another space{changed}; "
                     "serving it in this one could re-issue numbers."
                 )
 
@@ -275,3 +314,4 @@ class _Connection:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.connection: sqlite3.Connection | None = None
+        self.key_record: tuple[bytes, PermutationType] | None = None

@@ -1,0 +1,122 @@
+"""The HTTP side of /v5's named spaces: create one (`PUT /v5/spaces/{name}`), read it, list them, and draw from
+one with /v5/random's guarantees and codes. Built only for a stage whose store keeps named spaces."""
+
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from uniquerand.blueprints.access import BearerGuard
+from uniquerand.blueprints.common import batch_count, numbers_response, single_param
+from uniquerand.errors import InvalidParameterError
+from uniquerand.storage.spaces import (
+    PAGE_LIMIT,
+    NamedSpaces,
+    SpaceDefinitionError,
+    SpaceRecord,
+    is_space_name,
+    space_from_definition,
+)
+
+# A definition is a few short fields; a larger body is no definition.
+MAX_BODY = 4096
+DEFINITION_FIELDS = ("type", "min", "max", "decimals")
+
+
+def spaces_blueprint(stage_name: str, spaces: NamedSpaces, guard: BearerGuard | None = None) -> Blueprint:
+    bp = Blueprint(f"{stage_name}_spaces", __name__, url_prefix=f"/{stage_name}/spaces")
+
+    @bp.route("/<name>", methods=["GET", "PUT"])
+    def space(name: str):
+        # One rule for both, so that OPTIONS and 405's `Allow` name both.
+        return create(name) if request.method == "PUT" else describe(name)
+
+    def create(name: str):
+        space = _definition_of_body()
+        try:
+            record, created = spaces.create(name, space)
+        except SpaceDefinitionError as err:
+            raise InvalidParameterError(err.field, str(err)) from None
+        return jsonify(space_definition(record)), 201 if created else 200
+
+    def describe(name: str):
+        record, counts = spaces.stats(name)
+        return jsonify(
+            {
+                **space_definition(record),
+                "issued": counts["issued"],
+                "remaining": counts["remaining"],
+                "space_size": counts["space_size"],
+            }
+        )
+
+    @bp.get("")
+    def list_spaces():
+        after = single_param(request.args, "after")
+        if after is not None and not is_space_name(after):
+            raise InvalidParameterError("after", "Invalid 'after': it must be a space's name (the `next` of a page).")
+        limit = _limit()
+        records = spaces.page(after or "", limit + 1)
+        page = records[:limit]
+        more = len(records) > limit
+        return jsonify({"spaces": [space_definition(r) for r in page], "next": page[-1].name if more else None})
+
+    @bp.get("/<name>/random")
+    def draw(name: str):
+        count = batch_count(request.args)
+        space, issued = spaces.issue(name, count or 1)
+        return numbers_response(space, issued.codes, count)
+
+    if guard is not None:
+
+        @bp.before_request
+        def require_token():
+            g.client_name = guard.client()
+
+    return bp
+
+
+def space_definition(record: SpaceRecord) -> dict:
+    """A space as the API shows it: a float's bounds as [min, max), as it was defined."""
+    space = record.space
+    body: dict = {"name": record.name, "type": space.kind}
+    if space.kind == "int":
+        body.update(min=space.low, max=space.high)
+    else:
+        body.update(min=space.to_json_value(space.low), max=space.to_json_value(space.high + 1))
+        body["decimals"] = space.decimals
+    body["created"] = record.created
+    return body
+
+
+def _definition_of_body():
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise RequestEntityTooLarge(f"A space's definition is at most {MAX_BODY} bytes.")
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise InvalidParameterError(
+            "body", 'The body must be a JSON object such as {"type":"int","min":0,"max":99999999}.'
+        )
+    unknown = sorted(set(body) - set(DEFINITION_FIELDS))
+    if unknown:
+        raise InvalidParameterError(
+            unknown[0], f"Unknown field {unknown[0]!r}: a definition has {', '.join(DEFINITION_FIELDS)}."
+        )
+    for field in ("type", "min", "max"):
+        if field not in body:
+            raise InvalidParameterError(field, f"The definition lacks {field!r}.")
+    try:
+        return space_from_definition(body["type"], body["min"], body["max"], body.get("decimals"))
+    except SpaceDefinitionError as err:
+        raise InvalidParameterError(err.field, str(err)) from None
+
+
+def _limit() -> int:
+    value = single_param(request.args, "limit")
+    if value is None:
+        return PAGE_LIMIT
+    if not (value.isascii() and value.isdigit() and len(value) <= 5) or not 1 <= int(value) <= PAGE_LIMIT:
+        raise InvalidParameterError(
+            "limit", f"Invalid 'limit': it must be an integer from 1 to {PAGE_LIMIT}.", minimum=1, maximum=PAGE_LIMIT
+        )
+    return int(value)
