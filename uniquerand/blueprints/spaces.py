@@ -53,7 +53,7 @@ def spaces_blueprint(stage_name: str, spaces: NamedSpaces, guard: BearerGuard | 
     @bp.get("")
     def list_spaces():
         after = single_param(request.args, "after")
-        if after is not None and not is_space_name(after):
+        if after and not is_space_name(after):
             raise InvalidParameterError("after", "Invalid 'after': it must be a space's name (the `next` of a page).")
         limit = _limit()
         records = spaces.page(after or "", limit + 1)
