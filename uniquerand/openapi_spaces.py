@@ -96,8 +96,9 @@ def spaces_paths(stage: str, max_count: int, build) -> dict[str, Schema]:
                 "name": "after",
                 "in": "query",
                 "required": False,
-                "description": "List the names that sort after this one (the previous page's `next`).",
-                "schema": {"type": "string", "pattern": NAME_PATTERN},
+                "description": "List the names that sort after this one (the previous page's `next`); empty: from "
+                "the first.",
+                "schema": {"type": "string", "pattern": "^(" + NAME_PATTERN.strip("^$") + ")?$"},
             },
             {
                 "name": "limit",
