@@ -3,6 +3,7 @@ table of `uniquerand.errors`: a stage added to `uniquerand.stages.build_stages` 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from flask import Flask
@@ -64,7 +65,11 @@ def build_document(app: Flask) -> Schema:
         paths[f"/{stage.name}/random"] = _path(_needs_token(_random_operation(stage, app.config), tokens))
         paths[f"/{stage.name}/stats"] = _path(_needs_token(stats, tokens))
         if stage.named_spaces is not None:
-            paths |= spaces_paths(stage.name, app.config["MAX_COUNT"], _Helpers(tokens))
+            helpers = SimpleNamespace(
+                operation=_operation, ok=_ok, path=_path, error_response=_error_response,
+                needs_token=lambda operation: _needs_token(operation, tokens),
+            )  # fmt: skip
+            paths |= spaces_paths(stage.name, app.config["MAX_COUNT"], helpers)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -112,21 +117,6 @@ def _metrics_operation(needs_token: bool) -> Schema:
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
     return _needs_token(_operation("metrics", "Metrics for Prometheus.", "service", ok, errors=False), needs_token)
-
-
-class _Helpers:
-    """What `openapi_spaces` builds its operations with."""
-
-    def __init__(self, tokens: bool) -> None:
-        self.tokens = tokens
-
-    operation = staticmethod(lambda *args: _operation(*args))
-    ok = staticmethod(lambda *args: _ok(*args))
-    path = staticmethod(lambda get, put=None: _path(get, put))
-    error_response = staticmethod(lambda description, schema: _error_response(description, schema))
-
-    def needs_token(self, operation: Schema) -> Schema:
-        return _needs_token(operation, self.tokens)
 
 
 def _path(get: Schema, put: Schema | None = None) -> Schema:

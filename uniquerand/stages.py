@@ -124,9 +124,10 @@ def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
         space_settings = replace(
             settings, spaces={record.space.kind: record.space}, label=f"{settings.label}/spaces/{record.name}"
         )
-        counters = catalog.counters(record)
         # The name in the tweak: two spaces of one range serve different sequences.
-        return LeasedCounterStore(space_settings, counters, block_size=config["V5_BLOCK_SIZE"], tweak=f"{record.row}:")
+        return LeasedCounterStore(
+            space_settings, catalog.counters(record), block_size=config["V5_BLOCK_SIZE"], tweak=f"{record.row}:"
+        )
 
     return Stage(
         "v5",

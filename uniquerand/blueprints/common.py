@@ -66,14 +66,18 @@ def _strict_type(args: MultiDict) -> NumberKind:
 
 def batch_count(args: MultiDict) -> int | None:
     """`count` as an integer in 1..MAX_COUNT, or None when absent."""
-    value = single_param(args, "count")
+    return bounded_param(args, "count", current_app.config["MAX_COUNT"])
+
+
+def bounded_param(args: MultiDict, name: str, maximum: int) -> int | None:
+    """Query parameter `name` as an integer in 1..maximum, or None when absent."""
+    value = single_param(args, name)
     if value is None:
         return None
-    maximum = current_app.config["MAX_COUNT"]
     # The length bound keeps int() from refusing (ValueError, a 500) a string of over 4300 digits.
     if not (value.isascii() and value.isdigit() and len(value) <= 20) or not 1 <= int(value) <= maximum:
         raise InvalidParameterError(
-            "count", f"Invalid 'count': it must be an integer from 1 to {maximum}.", minimum=1, maximum=maximum
+            name, f"Invalid '{name}': it must be an integer from 1 to {maximum}.", minimum=1, maximum=maximum
         )
     return int(value)
 

@@ -7,7 +7,7 @@ from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from uniquerand.blueprints.access import BearerGuard
-from uniquerand.blueprints.common import batch_count, numbers_response, single_param
+from uniquerand.blueprints.common import batch_count, bounded_param, numbers_response, single_param
 from uniquerand.errors import InvalidParameterError
 from uniquerand.storage.spaces import (
     PAGE_LIMIT,
@@ -55,7 +55,7 @@ def spaces_blueprint(stage_name: str, spaces: NamedSpaces, guard: BearerGuard | 
         after = single_param(request.args, "after")
         if after and not is_space_name(after):
             raise InvalidParameterError("after", "Invalid 'after': it must be a space's name (the `next` of a page).")
-        limit = _limit()
+        limit = bounded_param(request.args, "limit", PAGE_LIMIT) or PAGE_LIMIT
         records = spaces.page(after or "", limit + 1)
         page = records[:limit]
         more = len(records) > limit
@@ -109,14 +109,3 @@ def _definition_of_body():
         return space_from_definition(body["type"], body["min"], body["max"], body.get("decimals"))
     except SpaceDefinitionError as err:
         raise InvalidParameterError(err.field, str(err)) from None
-
-
-def _limit() -> int:
-    value = single_param(request.args, "limit")
-    if value is None:
-        return PAGE_LIMIT
-    if not (value.isascii() and value.isdigit() and len(value) <= 5) or not 1 <= int(value) <= PAGE_LIMIT:
-        raise InvalidParameterError(
-            "limit", f"Invalid 'limit': it must be an integer from 1 to {PAGE_LIMIT}.", minimum=1, maximum=PAGE_LIMIT
-        )
-    return int(value)
