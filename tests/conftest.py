@@ -13,6 +13,13 @@ from uniquerand import create_app
 from uniquerand.storage.postgres.database import Database
 
 
+def pytest_collection_modifyitems(items):
+    """Every test on the suite's PostgreSQL server is marked `postgres` (`-m "not postgres"` skips them)."""
+    for item in items:
+        if "postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch):
     for key in list(os.environ):
@@ -91,6 +98,15 @@ def make_server(instance_path):
 
     yield start
     for server in servers:
+        server.stop(graceful=False)
+
+
+@pytest.fixture
+def servers():
+    """Every gunicorn a test starts with `tests.postgres.start`, stopped by PID afterwards whatever happened."""
+    started: list[GunicornServer] = []
+    yield started
+    for server in started:
         server.stop(graceful=False)
 
 

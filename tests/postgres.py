@@ -10,12 +10,14 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.support import GunicornServer
 from uniquerand.bench import cluster as clusters
 from uniquerand.bench.cluster import SETTINGS, ClusterError
 
@@ -28,7 +30,10 @@ __all__ = [
     "ClusterError",
     "cluster",
     "database_for",
+    "give_key",
     "require_local_cluster",
+    "start",
+    "start_pair",
 ]
 
 EXTERNAL_URL = "TEST_POSTGRES_URL"
@@ -95,3 +100,29 @@ def wait_for_setting(cluster: Cluster, name: str, value: str) -> None:
         time.sleep(0.02)
     # A pooled backend applies the signal before its next statement; a margin for the signal's delivery.
     time.sleep(0.2)
+
+
+def start(servers: list, instance: Path, url: str, settings: dict, workers: int = 2) -> GunicornServer:
+    """A gunicorn on the database at `url` with `settings` (names without UNIQUERAND_), kept in `servers` (the
+    `servers` fixture stops every one by PID)."""
+    env = {f"UNIQUERAND_{key}": str(value) for key, value in {**settings, "DATABASE_URL": url}.items()}
+    server = GunicornServer(instance, env=env, workers=workers, threads=2)
+    servers.append(server)
+    server.start()
+    return server
+
+
+def give_key(source: GunicornServer, instance: Path) -> None:
+    """A copy of `source`'s /v5 key file (0600) in `instance`, as docs/deploying.md tells an operator."""
+    (instance / "v5").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source.instance_path / "v5" / "key", instance / "v5" / "key")
+    (instance / "v5" / "key").chmod(0o600)
+
+
+def start_pair(servers: list, tmp_path: Path, url: str, settings: dict) -> tuple[GunicornServer, GunicornServer]:
+    """Two servers on one database, each with its own instance folder; B gets a copy of A's /v5 key."""
+    a = start(servers, tmp_path / "a" / "instance", url, settings)
+    # A's workers made the key at their start (the database's first use), before answering anything.
+    assert (a.instance_path / "v5" / "key").exists()
+    give_key(a, tmp_path / "b" / "instance")
+    return a, start(servers, tmp_path / "b" / "instance", url, settings)

@@ -11,19 +11,17 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.history import KINDS, History, Operation
-from tests.postgres import Cluster, require_local_cluster, wait_for_setting
+from tests.postgres import Cluster, give_key, require_local_cluster, start, start_pair, wait_for_setting
 from tests.support import GunicornServer, free_port, get
 
 STAGES = ("v3", "v4", "v5")
@@ -68,39 +66,6 @@ END_OF_SPACE = {
 }
 # Where a stage records its int codes (/v4: the ledger of every code ever pooled).
 RECORDS = {"v3": "uniquerand_v3", "v4": "uniquerand_v4_ledger"}
-
-
-@pytest.fixture
-def servers() -> Iterator[list[GunicornServer]]:
-    """Every gunicorn a test starts, stopped by PID afterwards whatever happened."""
-    started: list[GunicornServer] = []
-    yield started
-    for server in started:
-        server.stop(graceful=False)
-
-
-def start(servers: list, instance: Path, url: str, settings: dict, workers: int = 2) -> GunicornServer:
-    env = {f"UNIQUERAND_{key}": str(value) for key, value in {**settings, "DATABASE_URL": url}.items()}
-    server = GunicornServer(instance, env=env, workers=workers, threads=2)
-    servers.append(server)
-    server.start()
-    return server
-
-
-def give_key(source: GunicornServer, instance: Path) -> None:
-    """A copy of `source`'s /v5 key file (0600) in `instance`, as docs/deploying.md tells an operator."""
-    (instance / "v5").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source.instance_path / "v5" / "key", instance / "v5" / "key")
-    (instance / "v5" / "key").chmod(0o600)
-
-
-def start_pair(servers: list, tmp_path: Path, url: str, settings: dict) -> tuple[GunicornServer, GunicornServer]:
-    """Two servers on one database, each with its own instance folder; B gets a copy of A's /v5 key."""
-    a = start(servers, tmp_path / "a" / "instance", url, settings)
-    # A's workers made the key at their start (the database's first use), before answering anything.
-    assert (a.instance_path / "v5" / "key").exists()
-    give_key(a, tmp_path / "b" / "instance")
-    return a, start(servers, tmp_path / "b" / "instance", url, settings)
 
 
 def dbname(url: str) -> str:

@@ -1,5 +1,6 @@
 """Named spaces through the app: creating one (idempotent, conflicts, bad definitions), reading and listing
-them, drawing from one to its end, and the stage's own /v5 spaces beside them."""
+them, drawing from one to its end, and the stage's own /v5 spaces beside them; on SQLite, and (the tests that
+reach the store) on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ import sqlite3
 import pytest
 
 TICKETS = {"type": "int", "min": 1, "max": 50}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stored(request, make_app):
+    """An app whose /v5 keeps its spaces in SQLite, or in a PostgreSQL database of the test's own."""
+    if request.param == "sqlite":
+        return make_app()
+    return make_app(DATABASE_URL=request.getfixturevalue("database_url"))
+
+
+@pytest.fixture
+def client(stored):
+    return stored.test_client()
 
 
 def test_create_is_201_then_200_with_the_same_definition(client):
@@ -48,14 +62,16 @@ def test_another_definition_under_a_used_name_is_409_and_changes_nothing(client)
         ("ok", [1, 2], "body"),
     ],
 )
-def test_bad_definitions_are_422_naming_the_field(client, name, body, parameter):
+def test_bad_definitions_are_422_naming_the_field(app, name, body, parameter):
+    client = app.test_client()
     response = client.put(f"/v5/spaces/{name}", json=body)
     assert response.status_code == 422, response.json
     assert response.json["code"] == "invalid_parameter" and response.json["parameter"] == parameter
     assert client.get("/v5/spaces").json["spaces"] == []
 
 
-def test_a_body_that_is_not_json_is_422_and_a_huge_one_413(client):
+def test_a_body_that_is_not_json_is_422_and_a_huge_one_413(app):
+    client = app.test_client()
     response = client.put("/v5/spaces/ok", data=b"\xff{", content_type="application/json")
     assert response.status_code == 422 and response.json["parameter"] == "body"
     response = client.put("/v5/spaces/ok", data=b" " * 5000, content_type="application/json")
@@ -138,10 +154,21 @@ def test_a_store_of_an_earlier_release_gets_its_spaces_table_and_keeps_its_numbe
     assert not set(before) & set(after)
 
 
-def test_spaces_dropped_from_a_workers_cache_close_their_leases_and_never_repeat(app):
-    stage = next(stage for stage in app.extensions["uniquerand"]["stages"] if stage.name == "v5")
+def test_a_database_of_an_earlier_release_gets_its_spaces_table_and_keeps_its_numbers(make_app, database_url, postgres):
+    settings = {"INT_MIN": 0, "INT_MAX": 99, "V5_BLOCK_SIZE": 10, "DATABASE_URL": database_url}
+    before = make_app(**settings).test_client().get("/v5/random?count=30").json["numbers"]
+    postgres.sql("DROP TABLE uniquerand_v5_spaces", dbname=database_url.rsplit("/", 1)[1])
+    client = make_app(**settings).test_client()
+    assert client.put("/v5/spaces/tickets", json=TICKETS).status_code == 201
+    after = client.get("/v5/random?count=60").json["numbers"]
+    assert not set(before) & set(after)
+    assert sorted(client.get("/v5/spaces/tickets/random?count=50").json["numbers"]) == list(range(1, 51))
+
+
+def test_spaces_dropped_from_a_workers_cache_close_their_leases_and_never_repeat(stored):
+    stage = next(stage for stage in stored.extensions["uniquerand"]["stages"] if stage.name == "v5")
     stage.named_spaces.cache_size = 2
-    client = app.test_client()
+    client = stored.test_client()
     names = ("a", "b", "c")
     for name in names:
         client.put(f"/v5/spaces/{name}", json={"type": "int", "min": 0, "max": 29})

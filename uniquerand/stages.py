@@ -20,7 +20,8 @@ from uniquerand.storage.postgres.counters import PostgresCounters
 from uniquerand.storage.postgres.database import Database
 from uniquerand.storage.postgres.issued import PostgresStore
 from uniquerand.storage.postgres.sharded import ShardedPostgresStore
-from uniquerand.storage.spaces import NamedSpaces, SpaceRecord
+from uniquerand.storage.postgres.space_catalog import PostgresSpaceCatalog
+from uniquerand.storage.spaces import NamedSpaces, SpaceCatalog, SpaceRecord
 from uniquerand.storage.sqlite.counters import SqliteCounters
 from uniquerand.storage.sqlite.issued import SqliteStore
 from uniquerand.storage.sqlite.sharded import ShardedSqliteStore
@@ -118,7 +119,18 @@ def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: 
 def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
     """/v5 on SQLite, its own two spaces and its named ones counted in one counters.db under one key."""
     counters = SqliteCounters(settings)
-    catalog = SqliteSpaceCatalog(counters)
+    return Stage(
+        "v5",
+        "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory; "
+        "named spaces of their own range under /v5/spaces.",
+        "a key file (key, 0600) and one SQLite database (counters.db) of the counters, named spaces and leases",
+        LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
+        named_spaces=_named_spaces(settings, SqliteSpaceCatalog(counters), config),
+    )
+
+
+def _named_spaces(settings: StoreSettings, catalog: SpaceCatalog, config: dict) -> NamedSpaces:
+    """/v5's named spaces in `catalog`, each served by a store of its own on the stage's counters and key."""
 
     def store_of(record: SpaceRecord) -> LeasedCounterStore:
         space_settings = replace(
@@ -129,14 +141,7 @@ def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
             space_settings, catalog.counters(record), block_size=config["V5_BLOCK_SIZE"], tweak=f"{record.row}:"
         )
 
-    return Stage(
-        "v5",
-        "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory; "
-        "named spaces of their own range under /v5/spaces.",
-        "a key file (key, 0600) and one SQLite database (counters.db) of the counters, named spaces and leases",
-        LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
-        named_spaces=NamedSpaces(catalog, store_of, cache_size=SPACE_CACHE_SIZE),
-    )
+    return NamedSpaces(catalog, store_of, cache_size=SPACE_CACHE_SIZE)
 
 
 def _postgres_stages(settings: Callable[[str], StoreSettings], config: dict) -> tuple[Stage, ...]:
@@ -160,14 +165,21 @@ def _postgres_stages(settings: Callable[[str], StoreSettings], config: dict) -> 
             ),
             sources=Sources("shard", "shards", SHARD_NAME),
         ),
-        Stage(
-            "v5",
-            "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory.",
-            "a key file (key, 0600, the same on every server) and the PostgreSQL table uniquerand_v5_counters",
-            LeasedCounterStore(
-                settings("v5"), PostgresCounters(settings("v5"), database), block_size=config["V5_BLOCK_SIZE"]
-            ),
-        ),
+        _postgres_v5(settings("v5"), database, config),
+    )
+
+
+def _postgres_v5(settings: StoreSettings, database: Database, config: dict) -> Stage:
+    """/v5 on PostgreSQL: its own two counters and its named spaces' in one table, which every host shares."""
+    counters = PostgresCounters(settings, database)
+    return Stage(
+        "v5",
+        "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory; "
+        "named spaces of their own range under /v5/spaces, shared by every server on the database.",
+        "a key file (key, 0600, the same on every server) and the PostgreSQL tables uniquerand_v5_counters, "
+        "uniquerand_v5_spaces and uniquerand_v5_leases",
+        LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
+        named_spaces=_named_spaces(settings, PostgresSpaceCatalog(counters), config),
     )
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from uniquerand.numbers import FLOAT_STEPS_LIMIT, NumberSpace
+from uniquerand.numbers import FLOAT_STEPS_LIMIT, KINDS, NumberSpace
 from uniquerand.storage import runtime
-from uniquerand.storage.contract import Issued, StoreError
+from uniquerand.storage.contract import Issued, StoreCorruptError, StoreError
 from uniquerand.storage.leased import LeasedCounterStore
 
 NAME_PATTERN = "^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -53,6 +53,14 @@ class SpaceRecord:
     name: str
     space: NumberSpace
     created: str
+
+    @classmethod
+    def from_row(cls, row: tuple, label: str) -> SpaceRecord:
+        """The record of a catalog's row (name, kind, low, high, decimals, created)."""
+        name, kind, low, high, decimals, created = row
+        if kind not in KINDS:
+            raise StoreCorruptError(f"The {label} store's space {name!r} has an unknown type.")
+        return cls(name, NumberSpace(kind, low, high, decimals), created)
 
     @property
     def row(self) -> str:

@@ -14,11 +14,12 @@ renews its heartbeat (every HEARTBEAT_EVERY seconds while it holds open leases).
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import suppress
 from typing import Any
 
-from uniquerand.numbers import KINDS, NumberKind
+from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import InsufficientRemainingError, StoreError, StoreKeyError, StoreSettings
 from uniquerand.storage.holders import holder_alive, this_holder
@@ -70,6 +71,21 @@ SCHEMA = [
         (("holder", "text", "NOT NULL"), ("heartbeat", "timestamp with time zone", "NOT NULL")),
         ("holder",),
     ),
+    # Named spaces (`space_catalog`): each made with its counter row in one transaction.
+    Table(
+        "uniquerand_v5_spaces",
+        (
+            # Byte order, as SQLite's: the list pages by name on the primary key's index.
+            ("name", "text", 'COLLATE "C" NOT NULL'),
+            ("kind", "text", "NOT NULL"),
+            ("low", "bigint", "NOT NULL"),
+            ("high", "bigint", "NOT NULL"),
+            ("decimals", "integer", "NOT NULL"),
+            ("created", "timestamp with time zone", "NOT NULL DEFAULT now()"),
+            ("retired", "boolean", "NOT NULL DEFAULT false"),
+        ),
+        ("name",),
+    ),
 ]
 OPEN_LEASES_INDEX = "CREATE INDEX uniquerand_v5_leases_open ON uniquerand_v5_leases (kind) WHERE open"
 # SET reads the old row: lease_start is where this lease begins. Near the end (no more than `tail` left) a
@@ -92,6 +108,7 @@ UPDATE uniquerand_v5_counters SET next = next + %(n)s, accounted = accounted + %
 WHERE kind = %(kind)s AND high - low + 1 - next >= %(n)s
 RETURNING next
 """
+REMAINING = "SELECT high - low + 1 - next FROM uniquerand_v5_counters WHERE kind = %s"
 HELD = """
 SELECT l.holder, sum(l.stop - l.start), extract(epoch FROM now() - h.heartbeat)
 FROM uniquerand_v5_leases l LEFT JOIN uniquerand_v5_holders h USING (holder)
@@ -105,22 +122,44 @@ def _boot(holder: str) -> str:
 
 
 class PostgresCounters:
-    """The stage's counters in `database`, and its key in `folder`, for one `LeasedCounterStore`."""
+    """The stage's counters in `database`, and its key in `folder`, for one `LeasedCounterStore`: the stage's own
+    int and float counters, or (`for_space`) the one counter of a named space, on the same pool and key."""
 
     def __init__(self, settings: StoreSettings, database: Database) -> None:
         self.key_path = settings.folder / KEY_NAME
-        self.spaces = settings.spaces
+        # The stage's own spaces, recorded and checked at set-up; `spaces` are those this object leases from.
+        self.stage_spaces = self.spaces = settings.spaces
         self.label = settings.label
         self.database = database
+        # The counter row of each kind: the stage's own spaces are rows "int" and "float".
+        self.rows: dict[NumberKind, str] = {kind: kind for kind in KINDS}
+        # Shared with the named spaces' copies: one heartbeat and one key check per process.
         self._heartbeat = runtime.PerProcess(lambda: _Heartbeat(self))
+        self._key_record = runtime.PerProcess(list)
+
+    def for_space(self, row: str, space: NumberSpace) -> PostgresCounters:
+        """The counter `row` of a named space (made with the space, see `space_catalog`)."""
+        counters = copy.copy(self)
+        counters.spaces = {space.kind: space}
+        counters.rows = {space.kind: row}
+        return counters
 
     def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
         """The key, checked against the fingerprint the database keeps; with a new database, a new key is made
-        and its fingerprint recorded in the same transaction, which locks the counter rows: one host creates it."""
-        self._set_up()
+        and its fingerprint recorded in the same transaction, which locks the counter rows: one host creates it.
+        Checked once per process: the stage's named spaces share the answer."""
+        record = self._key_record.get()
+        if not record:
+            record.append(self._load_key_and_permutation())
+        return record[0]
+
+    def _load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+        self.set_up()
         with self.database.transaction(self.label) as connection:
             # Hosts starting at once take turns here (the counter rows exist since the set-up): one creates the key.
-            connection.execute("SELECT kind FROM uniquerand_v5_counters ORDER BY kind FOR UPDATE").fetchall()
+            # Only the stage's own rows: a named space's are leased meanwhile, and need no lock.
+            query = "SELECT kind FROM uniquerand_v5_counters WHERE kind = ANY(%s) ORDER BY kind FOR UPDATE"
+            connection.execute(query, (list(KINDS),)).fetchall()
             query = "SELECT name, value FROM uniquerand_meta WHERE stage = %s AND starts_with(name, %s)"
             found = connection.execute(query, (self.label, FINGERPRINT_PREFIX)).fetchall()
             rows = {name: bytes.fromhex(value) for name, value in found}
@@ -155,7 +194,7 @@ class PostgresCounters:
         return key, PERMUTATIONS[name]
 
     def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
-        self._set_up()
+        self.set_up()
         parameters = {"need": need, "want": want, "tail": tail, **self._space_of(kind)}
         unknown = self._heartbeat.get().unknown
         closing, lease, rows = list(unknown), None, []
@@ -165,13 +204,13 @@ class PostgresCounters:
                 rows = connection.execute(LEASE, parameters).fetchall()
                 if rows:
                     lease = Lease(*rows[0])
-                    connection.execute(RECORD_LEASE, (kind, lease.start, lease.stop, this_holder()))
+                    connection.execute(RECORD_LEASE, (parameters["kind"], lease.start, lease.stop, this_holder()))
                     connection.execute(HEARTBEAT, (this_holder(),))
         except StoreError:
             if lease is not None:
                 # Its COMMIT may have happened: then it is recorded open, held by this process, which will never
                 # serve it. Closed by this process's next lease or heartbeat, so that the others stop waiting.
-                unknown.append((kind, lease.start))
+                unknown.append((parameters["kind"], lease.start))
                 self._heartbeat.get().start()
             raise
         del unknown[: len(closing)]
@@ -191,7 +230,7 @@ class PostgresCounters:
         with self.database.connection(self.label) as connection:
             connection.execute(
                 "UPDATE uniquerand_v5_leases SET open = false WHERE kind = %s AND start = ANY(%s) AND holder = %s",
-                (kind, starts, this_holder()),
+                (self.rows[kind], starts, this_holder()),
             )
 
     def held_elsewhere(self, kind: NumberKind) -> list[int]:
@@ -199,7 +238,7 @@ class PostgresCounters:
         host lives while its process does; one of another host while its heartbeat is fresh."""
         here = _boot(this_holder())
         with self.database.connection(self.label) as connection:
-            rows = connection.execute(HELD, (kind, this_holder())).fetchall()
+            rows = connection.execute(HELD, (self.rows[kind], this_holder())).fetchall()
         return [
             int(size)
             for holder, size, age in rows
@@ -207,23 +246,24 @@ class PostgresCounters:
         ]
 
     def remaining(self, kind: NumberKind) -> int:
-        self._set_up()
+        self.set_up()
         with self.database.connection(self.label) as connection:
-            query = "SELECT high - low + 1 - next FROM uniquerand_v5_counters WHERE kind = %s"
-            return connection.execute(query, (kind,)).fetchone()[0]
+            return connection.execute(REMAINING, (self.rows[kind],)).fetchone()[0]
 
     def prefill(self, kind: NumberKind, count: int) -> None:
-        self._set_up()
+        self.set_up()
         with self.database.transaction(self.label) as connection:
-            if not connection.execute(PREFILL, {"n": count, "kind": kind}).fetchall():
-                query = "SELECT high - low + 1 - next FROM uniquerand_v5_counters WHERE kind = %s"
-                raise InsufficientRemainingError(count, connection.execute(query, (kind,)).fetchone()[0])
+            if not connection.execute(PREFILL, {"n": count, "kind": self.rows[kind]}).fetchall():
+                raise InsufficientRemainingError(count, connection.execute(REMAINING, (self.rows[kind],)).fetchone()[0])
 
     def counters(self) -> dict[str, tuple[int, int, int]]:
-        self._set_up()
+        """Per kind of this object's spaces: (next, accounted, skipped)."""
+        self.set_up()
+        kinds = {row: kind for kind, row in self.rows.items() if kind in self.spaces}
         with self.database.connection(self.label) as connection:
-            rows = connection.execute("SELECT kind, next, accounted, skipped FROM uniquerand_v5_counters").fetchall()
-        return {kind: tuple(values) for kind, *values in rows}
+            query = "SELECT kind, next, accounted, skipped FROM uniquerand_v5_counters WHERE kind = ANY(%s)"
+            rows = connection.execute(query, (list(kinds),)).fetchall()
+        return {kinds[row]: tuple(values) for row, *values in rows}
 
     def account(self, unserved: dict[str, tuple[int, int]]) -> None:
         if self.database.closed:
@@ -234,12 +274,18 @@ class PostgresCounters:
                 connection.execute(
                     "UPDATE uniquerand_v5_counters SET accounted = accounted + %s, skipped = skipped + %s "
                     "WHERE kind = %s",
-                    (leased, leased - served, kind),
+                    (leased, leased - served, self.rows[kind]),
                 )
+            # Only this object's rows: another named space's, or the stage's own, leases are still served here.
             connection.execute(
-                "UPDATE uniquerand_v5_leases SET open = false WHERE holder = %s AND open", (this_holder(),)
+                "UPDATE uniquerand_v5_leases SET open = false WHERE holder = %s AND open AND kind = ANY(%s)",
+                (this_holder(), list(self.rows.values())),
             )
-            connection.execute("DELETE FROM uniquerand_v5_holders WHERE holder = %s", (this_holder(),))
+            connection.execute(
+                "DELETE FROM uniquerand_v5_holders WHERE holder = %(holder)s AND NOT EXISTS "
+                "(SELECT 1 FROM uniquerand_v5_leases WHERE holder = %(holder)s AND open)",
+                {"holder": this_holder()},
+            )
 
     def heartbeat(self) -> None:
         """Renews this process's heartbeat if it holds open leases; closes those whose COMMIT's answer was lost."""
@@ -256,15 +302,15 @@ class PostgresCounters:
 
     def _space_of(self, kind: NumberKind) -> dict[str, object]:
         space = self.spaces[kind]
-        return {"kind": kind, "low": space.low, "high": space.high, "decimals": space.decimals}
+        return {"kind": self.rows[kind], "low": space.low, "high": space.high, "decimals": space.decimals}
 
-    def _set_up(self) -> None:
+    def set_up(self) -> None:
         def create_counters(connection: Any) -> None:
             # Never DDL or a conflicting insert on what exists: the leases of other hosts would wait on it.
             if not exists(connection, "uniquerand_v5_leases_open"):
                 connection.execute(OPEN_LEASES_INDEX)
             for kind in KINDS:
-                space = self.spaces[kind]
+                space = self.stage_spaces[kind]
                 connection.execute(
                     "INSERT INTO uniquerand_v5_counters (kind, low, high, decimals) "
                     "SELECT %(kind)s, %(low)s, %(high)s, %(decimals)s "
@@ -272,7 +318,7 @@ class PostgresCounters:
                     {"kind": kind, "low": space.low, "high": space.high, "decimals": space.decimals},
                 )
 
-        self.database.set_up(self.label, SCHEMA, self.spaces, create_counters)
+        self.database.set_up(self.label, SCHEMA, self.stage_spaces, create_counters)
 
 
 class _Heartbeat:

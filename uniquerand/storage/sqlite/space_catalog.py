@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 from uniquerand.numbers import NumberSpace
 from uniquerand.storage import runtime
-from uniquerand.storage.contract import StoreCorruptError
 from uniquerand.storage.spaces import SpaceConflictError, SpaceRecord
 from uniquerand.storage.sqlite.common import transaction
 from uniquerand.storage.sqlite.counters import SqliteCounters
@@ -68,7 +67,4 @@ class SqliteSpaceCatalog:
         return None if row is None else self._record(row)
 
     def _record(self, row: tuple) -> SpaceRecord:
-        name, kind, low, high, decimals, created = row
-        if kind not in ("int", "float"):
-            raise StoreCorruptError(f"The {self.label} store's space {name!r} has an unknown type.")
-        return SpaceRecord(name, NumberSpace(kind, low, high, decimals), created)
+        return SpaceRecord.from_row(row, self.label)
