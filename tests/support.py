@@ -203,6 +203,28 @@ def hammer(port: int, paths: Iterable[str], concurrency: int = 16, timeout: floa
         return list(pool.map(fetch, paths))
 
 
+def draw_space_to_its_end(ports: list[int], name: str, size: int, concurrency: int = 12) -> list[int]:
+    """Singles and batches of 5 from the named space through every server of `ports` at once (`concurrency`
+    threads in all, fresh connections), then singles, until `size` numbers came or 20 rounds passed; every
+    number served, in no particular order. Only the answers of a space's end or of a busy store may refuse."""
+    share = len(ports)
+    paths = [f"/v5/spaces/{name}/random"] * (1000 // share) + [f"/v5/spaces/{name}/random?count=5"] * (200 // share)
+    numbers: list[int] = []
+    for _ in range(20):
+        with ThreadPoolExecutor(share) as pool:
+            rounds = list(pool.map(hammer, ports, [paths] * share, [max(1, concurrency // share)] * share))
+        for status, body in (answer for answers in rounds for answer in answers):
+            assert status in (200, 503), body
+            if status == 200:
+                numbers += body.get("numbers", [body.get("number")])
+            else:
+                assert body["code"] in ("held_elsewhere", "space_exhausted", "insufficient_remaining", "store_busy")
+        if len(numbers) >= size:
+            break
+        paths = [f"/v5/spaces/{name}/random"] * (100 // share)
+    return numbers
+
+
 def finish_process(process, timeout: float = 30.0) -> None:
     """Joins a helper process within `timeout`; one still running then is killed, so no test leaks it."""
     process.join(timeout)

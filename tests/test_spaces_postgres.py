@@ -8,7 +8,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.postgres import start_pair
-from tests.support import get, hammer, put_json
+from tests.support import draw_space_to_its_end, get, put_json
 
 SIZE = 2000
 SETTINGS = {"V5_BLOCK_SIZE": 25}
@@ -24,20 +24,7 @@ def test_two_hosts_create_one_space_and_draw_it_to_its_end_without_a_repeat(serv
     assert statuses == {201: 1, 200: 47}, statuses
     assert len({tuple(sorted(body.items())) for _, body in answers}) == 1
 
-    paths = ["/v5/spaces/draw/random"] * 500 + ["/v5/spaces/draw/random?count=5"] * 100
-    numbers: list[int] = []
-    for _ in range(20):
-        with ThreadPoolExecutor(2) as pool:
-            rounds = list(pool.map(hammer, (a.port, b.port), (paths, paths), (8, 8)))
-        for status, body in (answer for answers in rounds for answer in answers):
-            assert status in (200, 503), body
-            if status == 200:
-                numbers += body.get("numbers", [body.get("number")])
-            else:
-                assert body["code"] in ("held_elsewhere", "space_exhausted", "insufficient_remaining", "store_busy")
-        if len(numbers) >= SIZE:
-            break
-        paths = ["/v5/spaces/draw/random"] * 50
+    numbers = draw_space_to_its_end([a.port, b.port], "draw", SIZE, concurrency=16)
     repeated = [number for number, times in Counter(numbers).items() if times > 1]
     assert not repeated, f"{len(repeated)} numbers were served twice"
     assert sorted(numbers) == list(range(1, SIZE + 1))

@@ -5,32 +5,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.support import get, hammer, put_json
+from tests.support import draw_space_to_its_end, get, hammer, put_json
 
 SIZE = 2000
-
-
-def _draw_to_the_end(server, name: str) -> list[int]:
-    """Singles and batches of 5 from 12 threads on fresh connections, then singles until the space is served."""
-    paths = [f"/v5/spaces/{name}/random"] * 1000 + [f"/v5/spaces/{name}/random?count=5"] * 200
-    numbers: list[int] = []
-    for _ in range(20):
-        for status, body in hammer(server.port, paths, concurrency=12):
-            assert status in (200, 503), body
-            if status == 200:
-                numbers += body.get("numbers", [body.get("number")])
-            else:
-                assert body["code"] in ("held_elsewhere", "space_exhausted", "insufficient_remaining", "store_busy")
-        if len(numbers) >= SIZE:
-            break
-        paths = [f"/v5/spaces/{name}/random"] * 100
-    return numbers
 
 
 def test_every_worker_draws_one_small_space_to_its_end_without_a_repeat(make_server):
     server = make_server(workers=3, env={"UNIQUERAND_V5_BLOCK_SIZE": "50"})
     assert put_json(server.port, "/v5/spaces/draw", {"type": "int", "min": 1, "max": SIZE})[0] == 201
-    numbers = _draw_to_the_end(server, "draw")
+    numbers = draw_space_to_its_end([server.port], "draw", SIZE)
     repeated = [number for number, times in Counter(numbers).items() if times > 1]
     assert not repeated, f"{len(repeated)} numbers were served twice"
     assert sorted(numbers) == list(range(1, SIZE + 1))

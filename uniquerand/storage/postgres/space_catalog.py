@@ -42,12 +42,11 @@ class PostgresSpaceCatalog:
                     "INSERT INTO uniquerand_v5_counters (kind, low, high, decimals) VALUES (%s, %s, %s, %s)",
                     (record.row, space.low, space.high, space.decimals),
                 )
-            else:
-                existing = self._get(connection, name)
-        if created is not None:
-            return record, True
+                # Returned once the block's COMMIT succeeds; a COMMIT whose answer is lost raises instead.
+                return record, True
+            # Read committed: the row that made the INSERT do nothing is committed, so this statement sees it.
+            existing = self._get(connection, name)
         if existing is None:
-            # Read committed: the row that made the INSERT do nothing is committed, so it is seen here.
             raise StoreCorruptError(f"The {self.label} store's space {name!r} could not be read back.")
         if existing.space != space:
             raise SpaceConflictError(
