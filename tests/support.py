@@ -53,11 +53,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict, dict[str, str]]:
+def get(
+    port: int, path: str, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict, dict[str, str]]:
     """One GET on a fresh connection (so that load spreads over every worker): status, JSON body, headers."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         raw = response.read()
         headers = {key.lower(): value for key, value in response.getheaders()}
@@ -66,11 +68,13 @@ def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict, dict[st
         connection.close()
 
 
-def put_json(port: int, path: str, body: object, timeout: float = 30.0) -> tuple[int, dict]:
+def put_json(
+    port: int, path: str, body: object, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
     """One PUT of `body` as JSON on a fresh connection: status and JSON body."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("PUT", path, json.dumps(body), {"Content-Type": "application/json"})
+        connection.request("PUT", path, json.dumps(body), {"Content-Type": "application/json", **(headers or {})})
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:

@@ -153,7 +153,9 @@ def test_duplicate_and_unknown_names_are_refused(token_file):
 
 BROKEN_FILES = {
     "bad line": "ci\tnot-a-hash\n",
-    "too many fields": f"ci\t{'a' * 64}\t2026-01-01T00:00:00Z\textra\n",
+    "too many fields": f"ci\t{'a' * 64}\t2026-01-01T00:00:00Z\tdraw:*\textra\n",
+    "not a scope": f"ci\t{'a' * 64}\t2026-01-01T00:00:00Z\tdraw:*,delete:everything\n",
+    "scopes before created": f"ci\t{'a' * 64}\tdraw:*\t2026-01-01T00:00:00Z\n",
     "bad created": f"ci\t{'a' * 64}\tyesterday\n",
     "repeated name": f"ci\t{'a' * 64}\nci\t{'b' * 64}\n",
     "repeated hash": f"ci\t{'a' * 64}\ncd\t{'a' * 64}\n",
@@ -453,7 +455,7 @@ def test_cli_create_prints_the_token_once_on_stdout(tokens_runner, token_file):
     assert token_file.verify(token) == "ci"
     listing = tokens_runner.invoke(args=["tokens", "list"])
     assert listing.exit_code == 0 and token not in listing.output
-    assert re.fullmatch(r"ci\t\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n", listing.stdout)
+    assert re.fullmatch(r"ci\t\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\tdraw:\*\n", listing.stdout)
 
 
 def test_cli_refuses_duplicates_unknown_and_invalid_names(tokens_runner, token_file):

@@ -10,6 +10,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
+from uniquerand.scopes import ScopeError, check_scopes
 from uniquerand.storage.contract import StoreError
 from uniquerand.tokens import TokenFile, TokenFileError, TokenNameError, check_name
 
@@ -160,13 +161,24 @@ def _token_file() -> TokenFile:
 
 @tokens_command.command("create")
 @click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    help="What the token may do, repeatable: spaces:admin (create spaces), draw:NAME (draw from the space NAME), "
+    "draw:* (draw everywhere). None: draw:*.",
+)
 @with_appcontext
-def create_token_command(name: str) -> None:
+def create_token_command(name: str, scopes: tuple[str, ...]) -> None:
     """Create a token for the client NAME and print it, once. NAME: 1 to 64 of A-Z a-z 0-9 . _ -"""
     _check_name_argument(name)
+    try:
+        check_scopes(scopes)
+    except ScopeError as err:
+        raise click.BadParameter(str(err), param_hint="--scope") from None
     tokens = _token_file()
     try:
-        token = tokens.create(name)
+        token = tokens.create(name, scopes)
     except (TokenNameError, TokenFileError) as err:
         raise click.ClickException(str(err)) from None
     # The token alone on stdout (TOKEN=$(flask tokens create NAME)); the notice on stderr.
@@ -177,7 +189,8 @@ def create_token_command(name: str) -> None:
 @tokens_command.command("list")
 @with_appcontext
 def list_tokens_command() -> None:
-    """List the clients that have a token and when each was created; never the tokens or their hashes."""
+    """List the clients that have a token, when each was created and what it may do; never the tokens or their
+    hashes."""
     tokens = _token_file()
     if not tokens.path.exists():
         click.echo(f"No tokens: {tokens.path} does not exist yet.", err=True)
@@ -187,7 +200,7 @@ def list_tokens_command() -> None:
     except TokenFileError as err:
         raise click.ClickException(str(err)) from None
     for entry in entries:
-        click.echo(f"{entry.name}\t{entry.created or '-'}")
+        click.echo(f"{entry.name}\t{entry.created or '-'}\t{','.join(entry.granted)}")
     if not entries:
         click.echo(f"No tokens in {tokens.path}.", err=True)
 

@@ -34,10 +34,13 @@ error body has an `error` message and a machine-readable `code`:
 
 TOKENS_DESCRIPTION = """
 This server requires access tokens: the operations marked with a lock need `Authorization: Bearer <token>`
-(on /docs: **Authorize**). An operator creates one per client with `flask tokens create NAME`.
+(on /docs: **Authorize**). An operator creates one per client with `flask tokens create NAME --scope ...`.
+Scopes: `spaces:admin` creates spaces and reads any; `draw:NAME` draws from (and reads) the space NAME;
+`draw:*` draws from every space and every stage. A token created without a scope has `draw:*`.
 
 * **401** `unauthorized`: no token, a malformed one, or one that is wrong or revoked, with
   `WWW-Authenticate: Bearer`. Nothing was issued and no store was touched.
+* **403** `forbidden`: a valid token without a scope the operation needs (`needed_scopes` names them).
 * **503** `tokens_unavailable`: the server cannot read its tokens file; wait `Retry-After` seconds.
 """
 
@@ -86,10 +89,12 @@ def build_document(app: Flask) -> Schema:
     }
 
 
-def _needs_token(operation: Schema, tokens: bool) -> Schema:
+def _needs_token(operation: Schema, tokens: bool, scoped: bool = True) -> Schema:
     if tokens:
         operation["security"] = [{BEARER_SCHEME: []}]
         operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+        if scoped:
+            operation["responses"]["403"] = {"$ref": "#/components/responses/Forbidden"}
         operation["responses"]["503"] = {"$ref": "#/components/responses/Unavailable"}
     return operation
 
@@ -116,7 +121,8 @@ def _metrics_operation(needs_token: bool) -> Schema:
         "headers": _NO_STORE,
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
-    return _needs_token(_operation("metrics", "Metrics for Prometheus.", "service", ok, errors=False), needs_token)
+    operation = _operation("metrics", "Metrics for Prometheus.", "service", ok, errors=False)
+    return _needs_token(operation, needs_token, scoped=False)
 
 
 def _path(get: Schema, put: Schema | None = None) -> Schema:
@@ -308,6 +314,13 @@ def _add_bearer_components(components: Schema) -> None:
         }
     }
     components["schemas"]["Unauthorized"] = _error(["unauthorized"])
+    needed = {"needed_scopes": {"type": "array", "items": {"type": "string"}, "minItems": 1}}
+    components["schemas"]["Forbidden"] = _error(["forbidden"], needed)
+    components["responses"]["Forbidden"] = _error_response(
+        "A valid token without a scope this needs. Nothing was issued.",
+        "Forbidden",
+        {"WWW-Authenticate": {"description": 'Bearer with `error="insufficient_scope"`', "schema": {"type": "string"}}},
+    )
     components["headers"]["WWW-Authenticate"] = {
         "description": 'The Bearer challenge; `error="invalid_token"` when a token was sent and refused.',
         "required": True,

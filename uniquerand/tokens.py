@@ -1,5 +1,10 @@
-"""Access tokens: a file of their SHA-256 hashes, one `name<TAB>hash<TAB>created` line per client, written by
-`flask tokens` and read by the server, which re-reads it when it changes. Knows files, never Flask or HTTP.
+"""Access tokens: a file of their SHA-256 hashes, one `name<TAB>hash<TAB>created[<TAB>scopes]` line per client,
+written by `flask tokens` and read by the server, which re-reads it when it changes. Knows files, never Flask or
+HTTP.
+
+Scopes say what a token may do: `spaces:admin` (create named spaces), `draw:NAME` (draw from the named space
+NAME), `draw:*` (draw from every space and every stage). A line without scopes, as every line was before scopes
+existed, means `draw:*`: such a token keeps drawing everywhere and cannot create spaces.
 
 Concurrency and durability: a change writes a whole new file and renames it over the old one (file and folder
 fsynced), so a reader sees the old file or the new one, never half a line; writers hold a lock file beside it,
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import filelock
 
+from uniquerand.scopes import ADMIN_SCOPE, DRAW_ANY, SCOPE_PATTERN, UNSCOPED, check_scopes
 from uniquerand.storage.durable import fsync_path
 
 # A token is recognisable (secret scanners, logs someone pasted) and carries 256 random bits.
@@ -34,7 +40,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 _CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 HEADER = (
-    "# uniquerand access tokens: name, SHA-256 of the token (hex), created (UTC). Never the tokens themselves.\n"
+    "# uniquerand access tokens: name, SHA-256 of the token (hex), created (UTC), scopes (comma-separated; none\n"
+    "# means draw:*). Never the tokens themselves.\n"
     "# Change with `flask tokens create NAME` / `flask tokens revoke NAME`; servers re-read this file on change.\n"
 )
 # A file's mtime has the kernel's clock tick as granularity (coarse, and 2 s on some filesystems): a file
@@ -51,7 +58,7 @@ class TokenFileError(Exception):
 
 
 class TokenNameError(ValueError):
-    """A client name that is not allowed, already taken, or not in the file."""
+    """A client name or scope that is not allowed, a name already taken, or one not in the file."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,17 @@ class TokenEntry:
     digest: bytes
     # "" for a line written by hand without it.
     created: str = ""
+    # As written in the file; () for a line without scopes (see `granted`).
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def granted(self) -> tuple[str, ...]:
+        return self.scopes or UNSCOPED
+
+    def allows(self, scope: str) -> bool:
+        """Whether this token may do what `scope` names: `draw:*` covers every `draw:NAME`."""
+        granted = self.granted
+        return scope in granted or (scope.startswith("draw:") and DRAW_ANY in granted)
 
 
 @dataclass(frozen=True)
@@ -69,8 +87,8 @@ class _Snapshot:
     key: tuple[int, ...]
     data: bytes
     entries: tuple[TokenEntry, ...]
-    # (digest, name) of every entry: the loop of `verify`, without attribute lookups.
-    pairs: tuple[tuple[bytes, str], ...]
+    # (digest, entry) of every entry: the loop of `identify`, without attribute lookups.
+    pairs: tuple[tuple[bytes, TokenEntry], ...]
     error: str | None
     # False while the file is racily recent: the key alone cannot tell a later change.
     trusted: bool
@@ -101,17 +119,29 @@ def parse_entries(text: str) -> tuple[TokenEntry, ...]:
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
-        if len(fields) not in (2, 3) or not NAME_PATTERN.fullmatch(fields[0]) or not _DIGEST.fullmatch(fields[1]):
-            raise TokenFileError(f"line {number} is not `name<TAB>sha256-hex[<TAB>created]`")
-        if len(fields) == 3 and not _CREATED.fullmatch(fields[2]):
-            raise TokenFileError(f"line {number}: created must look like 2026-01-31T12:00:00Z")
-        entry = TokenEntry(fields[0], bytes.fromhex(fields[1]), fields[2] if len(fields) == 3 else "")
+        if not 2 <= len(fields) <= 4 or not NAME_PATTERN.fullmatch(fields[0]) or not _DIGEST.fullmatch(fields[1]):
+            raise TokenFileError(f"line {number} is not `name<TAB>sha256-hex[<TAB>created][<TAB>scopes]`")
+        created, scopes = _optional_fields(number, fields[2:])
+        entry = TokenEntry(fields[0], bytes.fromhex(fields[1]), created, scopes)
         if entry.name in names or entry.digest in digests:
             raise TokenFileError(f"line {number} repeats a name or a hash of an earlier line")
         names.add(entry.name)
         digests.add(entry.digest)
         entries.append(entry)
     return tuple(entries)
+
+
+def _optional_fields(number: int, fields: list[str]) -> tuple[str, tuple[str, ...]]:
+    """A line's created time and scopes, either of which a hand-written line may leave out (in this order)."""
+    created = fields.pop(0) if fields and _CREATED.fullmatch(fields[0]) else ""
+    if len(fields) > 1 or (fields and _CREATED.fullmatch(fields[0])):
+        raise TokenFileError(f"line {number}: created must come before the scopes, once")
+    scopes = tuple(fields[0].split(",")) if fields else ()
+    if not all(SCOPE_PATTERN.fullmatch(scope) for scope in scopes):
+        raise TokenFileError(
+            f"line {number}: created must look like 2026-01-31T12:00:00Z and scopes like {ADMIN_SCOPE},draw:tickets"
+        )
+    return created, scopes
 
 
 class TokenFile:
@@ -122,14 +152,19 @@ class TokenFile:
         self._path = str(path)
         self._snapshot: _Snapshot | None = None
 
-    def verify(self, token: str) -> str | None:
-        """The name of the client whose token this is, or None. The presented token's hash is compared with
-        every stored hash in constant time, so the time taken does not tell which entry (if any) matched."""
+    def identify(self, token: str) -> TokenEntry | None:
+        """The entry whose token this is, or None. The presented token's hash is compared with every stored hash
+        in constant time, so the time taken does not tell which entry (if any) matched."""
         digest, compare, match = digest_of(token), hmac.compare_digest, None
-        for stored, name in self._current().pairs:
+        for stored, entry in self._current().pairs:
             if compare(stored, digest):
-                match = name
+                match = entry
         return match
+
+    def verify(self, token: str) -> str | None:
+        """The name of the client whose token this is, or None."""
+        entry = self.identify(token)
+        return None if entry is None else entry.name
 
     def entries(self) -> tuple[TokenEntry, ...]:
         """The file's entries. Raises TokenFileError while it is missing, unreadable or malformed."""
@@ -175,12 +210,14 @@ class TokenFile:
             except TokenFileError as err:
                 problem = str(err)
         error = None if problem is None else f"{self.path} {problem}"
-        pairs = tuple((entry.digest, entry.name) for entry in entries)
+        pairs = tuple((entry.digest, entry) for entry in entries)
         return _Snapshot(_key(status), data, entries, pairs, error, trusted)
 
-    def create(self, name: str) -> str:
-        """Adds a token for the client `name` and returns it: the only time it exists outside the client."""
+    def create(self, name: str, scopes: tuple[str, ...] = ()) -> str:
+        """Adds a token for the client `name`, allowed `scopes` (none: `draw:*`), and returns it: the only time it
+        exists outside the client."""
         check_name(name)
+        scopes = check_scopes(scopes)
         token = new_token()
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self._locked():
@@ -189,7 +226,8 @@ class TokenFile:
                 raise TokenNameError(f"a token named {name!r} exists: revoke it first, or choose another name")
             if text and not text.endswith("\n"):
                 text += "\n"
-            self._replace((text or HEADER) + f"{name}\t{digest_of(token).hex()}\t{created}\n")
+            line = f"{name}\t{digest_of(token).hex()}\t{created}" + ("\t" + ",".join(scopes) if scopes else "")
+            self._replace((text or HEADER) + line + "\n")
         return token
 
     def revoke(self, name: str) -> None:

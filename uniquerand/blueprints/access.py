@@ -1,6 +1,7 @@
-"""Who may call: the bearer-token check of the stage paths (and of /metrics with METRICS_REQUIRE_TOKEN), and its
-refusals, 401 with `WWW-Authenticate: Bearer`, or 503 `tokens_unavailable` while the tokens file cannot be read.
-Only built when TOKENS_FILE is set: without it no request pays for any of this."""
+"""Who may call: the bearer-token check of the stage and space paths (and of /metrics with METRICS_REQUIRE_TOKEN),
+and its refusals: 401 with `WWW-Authenticate: Bearer`, 403 `forbidden` for a token without the scope the path
+needs, or 503 `tokens_unavailable` while the tokens file cannot be read. Only built when TOKENS_FILE is set:
+without it no request pays for any of this."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from typing import NoReturn
 
 from flask import g, request
-from werkzeug.exceptions import ServiceUnavailable, Unauthorized
+from werkzeug.exceptions import Forbidden, ServiceUnavailable, Unauthorized
 
 from uniquerand.logs import event
 from uniquerand.tokens import TokenFile, TokenFileError
@@ -39,6 +40,20 @@ class UnauthorizedError(Unauthorized):
         return [*super().get_headers(environ, scope), ("WWW-Authenticate", self.challenge)]
 
 
+class ForbiddenError(Forbidden):
+    """403: the token is valid, but not for this: it lacks every scope that would allow the request."""
+
+    def __init__(self, needed: tuple[str, ...]) -> None:
+        wanted = " or ".join(f"`{scope}`" for scope in needed)
+        super().__init__(description=f"This token may not do this: it needs the scope {wanted}.")
+        self.extra = {"code": "forbidden", "needed_scopes": list(needed)}
+        # RFC 6750 3.1: a valid token without the scope.
+        self.challenge = f'Bearer realm="{REALM}", error="insufficient_scope", scope="{" ".join(needed)}"'
+
+    def get_headers(self, environ=None, scope=None) -> list[tuple[str, str]]:
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", self.challenge)]
+
+
 class TokensUnavailableError(ServiceUnavailable):
     """503: the tokens file is configured but cannot be read or parsed, so no token can be checked."""
 
@@ -58,8 +73,9 @@ class BearerGuard:
         self.retry_after = retry_after
         self._reported: tuple[str, float] = ("", 0.0)
 
-    def client(self) -> str:
-        """The name of the client whose token the request carries; raises the 401 or 503 otherwise."""
+    def client(self, *any_of: str) -> str:
+        """The name of the client whose token the request carries, when that token allows one of the scopes
+        `any_of` (any valid token when none is named); raises the 401, 403 or 503 otherwise."""
         header = request.environ.get("HTTP_AUTHORIZATION")
         if header is None:
             self._refuse("missing", invalid=False)
@@ -70,13 +86,16 @@ class BearerGuard:
             # Another scheme, or `Bearer` with nothing after it, presents no token: RFC 6750 sends no error then.
             self._refuse("malformed", invalid=scheme.lower() == "bearer" and bool(credentials.strip()))
         try:
-            name = self.tokens.verify(match.group(1))
+            entry = self.tokens.identify(match.group(1))
         except TokenFileError as err:
             self._report_unavailable(str(err))
             raise TokensUnavailableError(self.retry_after) from None
-        if name is None:
+        if entry is None:
             self._refuse("unknown", invalid=True)
-        return name
+        if any_of and not any(entry.allows(scope) for scope in any_of):
+            event(log, "access_refused", logging.WARNING, path=request.path, reason="scope", client=entry.name)
+            raise ForbiddenError(any_of)
+        return entry.name
 
     def check_ready(self) -> str | None:
         """Why no token can be checked now, or None (for /readyz)."""

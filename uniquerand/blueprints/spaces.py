@@ -9,6 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from uniquerand.blueprints.access import BearerGuard
 from uniquerand.blueprints.common import batch_count, bounded_param, numbers_response, single_param
 from uniquerand.errors import InvalidParameterError
+from uniquerand.scopes import ADMIN_SCOPE, DRAW_ANY
 from uniquerand.storage.spaces import (
     PAGE_LIMIT,
     NamedSpaces,
@@ -71,9 +72,23 @@ def spaces_blueprint(stage_name: str, spaces: NamedSpaces, guard: BearerGuard | 
 
         @bp.before_request
         def require_token():
-            g.client_name = guard.client()
+            # Before the view: a refused request parses nothing and touches no store.
+            g.client_name = guard.client(*_scopes_for(request.endpoint.rpartition(".")[2], request.view_args or {}))
 
     return bp
+
+
+def _scopes_for(view: str, args: dict) -> tuple[str, ...]:
+    """The scopes of which a token needs one for the view: creating needs `spaces:admin`; reading a space or
+    drawing from it needs `draw:NAME` (which `draw:*` covers); an admin may also read any space and the list."""
+    name = args.get("name", "")
+    if view == "space" and request.method == "PUT":
+        return (ADMIN_SCOPE,)
+    if view == "draw":
+        return (f"draw:{name}",)
+    if view == "space":
+        return (f"draw:{name}", ADMIN_SCOPE)
+    return (DRAW_ANY, ADMIN_SCOPE)
 
 
 def space_definition(record: SpaceRecord) -> dict:

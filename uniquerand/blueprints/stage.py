@@ -13,6 +13,7 @@ from uniquerand.blueprints.access import BearerGuard, client_name
 from uniquerand.blueprints.common import numbers_response, random_request_reader
 from uniquerand.errors import code_of
 from uniquerand.metrics import Observe
+from uniquerand.scopes import DRAW_ANY
 from uniquerand.stages import Stage
 
 
@@ -54,7 +55,7 @@ def stage_blueprint(stage: Stage, observe: Observe, guard: BearerGuard | None = 
             # Before the view: a refused request parses nothing and touches no store.
             started = perf_counter()
             try:
-                g.client_name = guard.client()
+                g.client_name = guard.client(DRAW_ANY)
             except HTTPException as err:
                 if request.endpoint == random_endpoint:
                     observe("none", code_of(err), "", perf_counter() - started, 0)
