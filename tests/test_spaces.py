@@ -72,8 +72,9 @@ def test_bad_definitions_are_422_naming_the_field(app, name, body, parameter):
 
 def test_a_body_that_is_not_json_is_422_and_a_huge_one_413(app):
     client = app.test_client()
-    response = client.put("/v5/spaces/ok", data=b"\xff{", content_type="application/json")
-    assert response.status_code == 422 and response.json["parameter"] == "body"
+    for junk in (b"\xff{", b"[" * 4000, b"[]", b"null"):
+        response = client.put("/v5/spaces/ok", data=junk, content_type="application/json")
+        assert response.status_code == 422 and response.json["parameter"] == "body", junk[:8]
     response = client.put("/v5/spaces/ok", data=b" " * 5000, content_type="application/json")
     assert response.status_code == 413 and response.is_json
 
@@ -183,3 +184,33 @@ def test_spaces_dropped_from_a_workers_cache_close_their_leases_and_never_repeat
     for name, numbers in served.items():
         assert len(set(numbers)) == len(numbers) and set(numbers) <= set(range(30)), name
         assert client.get(f"/v5/spaces/{name}").json["remaining"] < 2
+
+
+def named_levels(client) -> dict[tuple[str, str], float]:
+    """(metric, space) -> value of the named-space gauges of /metrics, read by prometheus-client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").get_data(as_text=True)
+    return {
+        (sample.name, sample.labels["space"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("uniquerand_named_space_")
+    }
+
+
+def test_metrics_give_each_spaces_issued_and_remaining_as_the_space_does(client):
+    client.put("/v5/spaces/tickets", json=TICKETS)
+    client.put("/v5/spaces/coupons", json={"type": "float", "min": 0, "max": 1, "decimals": 2})
+    assert len(client.get("/v5/spaces/tickets/random?count=7").json["numbers"]) == 7
+    levels = named_levels(client)
+    for name, size in (("tickets", 50), ("coupons", 100)):
+        space = client.get(f"/v5/spaces/{name}").json
+        issued, remaining = space["issued"], space["remaining"]
+        assert (issued + remaining, space["space_size"]) == (size, size), name
+        assert levels["uniquerand_named_space_issued", name] == issued, name
+        assert levels["uniquerand_named_space_remaining", name] == remaining, name
+        assert levels["uniquerand_named_space_size", name] == size, name
+    # The whole space of 50 is leased at once (the block is larger): taken, though 43 are not served yet.
+    assert levels["uniquerand_named_space_issued", "tickets"] >= 7
+    assert levels["uniquerand_named_space_issued", "coupons"] == 0

@@ -3,6 +3,7 @@ one name created by many clients at once is one space; kill -9 between creating 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from tests.support import draw_space_to_its_end, get, hammer, put_json
@@ -54,3 +55,58 @@ def test_kill_9_after_creating_and_drawing_loses_no_space_and_repeats_nothing(ma
         else:
             assert body["code"] in ("space_exhausted", "held_elsewhere"), body
     assert len(before) == 200 and not set(before) & set(after) and len(set(after)) == len(after)
+
+
+def test_every_worker_and_metrics_report_one_issued_count_per_space(make_server):
+    from tests.test_metrics import samples, scrape
+
+    server = make_server(workers=3, env={"UNIQUERAND_V5_BLOCK_SIZE": "10"})
+    assert put_json(server.port, "/v5/spaces/counted", {"type": "int", "min": 0, "max": 999})[0] == 201
+    hammer(server.port, ["/v5/spaces/counted/random?count=3"] * 60)
+    # Fresh connections reach every worker: each reads the one counter, not its own share.
+    answers = {
+        (body["issued"], body["remaining"])
+        for _, body, _ in (get(server.port, "/v5/spaces/counted") for _ in range(12))
+    }
+    assert len(answers) == 1, answers
+    ((issued, remaining),) = answers
+    assert issued >= 180 and issued + remaining == 1000
+    # A worker's levels are at most a few seconds old: they converge on the counter once the draws stop.
+    deadline = time.monotonic() + 30
+    while True:
+        levels = samples(scrape(server.port))
+        key = (("space", "counted"), ("stage", "v5"), ("type", "int"))
+        found = (
+            levels.get(("uniquerand_named_space_issued", key)),
+            levels.get(("uniquerand_named_space_remaining", key)),
+        )
+        if found == (issued, remaining) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert found == (issued, remaining)
+
+
+def test_a_chunked_body_over_4_kib_is_413_json_and_creates_nothing(make_server):
+    import http.client
+    import json
+
+    server = make_server(workers=1)
+    definition = json.dumps({"type": "int", "min": 0, "max": 9, "padding": " " * 8000}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        # No Content-Length: the body arrives in chunks, so only reading it can find its size.
+        connection.request(
+            "PUT", "/v5/spaces/big", body=iter([definition[:100], definition[100:]]), encode_chunked=True
+        )
+        response = connection.getresponse()
+        assert response.status == 413 and json.loads(response.read())["code"] == "request_entity_too_large"
+    finally:
+        connection.close()
+    assert get(server.port, "/v5/spaces/big")[0] == 404
+    small = json.dumps({"type": "int", "min": 0, "max": 9}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request("PUT", "/v5/spaces/small", body=iter([small]), encode_chunked=True)
+        assert connection.getresponse().status == 201
+    finally:
+        connection.close()

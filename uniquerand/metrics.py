@@ -119,6 +119,7 @@ class _Levels:
         self._lock = threading.Lock()
         self._read_at = -LEVELS_TTL
         self._stats: dict[str, dict | None] = {}
+        self._spaces: dict[str, list] = {}
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -137,6 +138,21 @@ class _Levels:
         refilling = GaugeMetricFamily(
             "uniquerand_v4_pool_refilling", "1 while a /v4 pool is being refilled.", labels=["stage", "shard"]
         )
+        space_labels = ["stage", "space", "type"]
+        named_issued = GaugeMetricFamily(
+            "uniquerand_named_space_issued",
+            "Numbers taken from a named space: served, or leased to a worker that will serve them.",
+            labels=space_labels,
+        )
+        named_remaining = GaugeMetricFamily(
+            "uniquerand_named_space_remaining", "Numbers of a named space not taken yet.", labels=space_labels
+        )
+        named_size = GaugeMetricFamily("uniquerand_named_space_size", "Numbers in a named space.", labels=space_labels)
+        for stage, levels in self._read_spaces().items():
+            for name, kind, numbers, counter in levels:
+                named_issued.add_metric([stage, name, kind], counter)
+                named_remaining.add_metric([stage, name, kind], numbers - counter)
+                named_size.add_metric([stage, name, kind], numbers)
         for name, types in stats.items():
             up.add_metric([name], 0 if types is None else 1)
             for kind in KINDS if types else ():
@@ -145,7 +161,7 @@ class _Levels:
                 for shard, level in types[kind].get("shards", {}).items():
                     pool.add_metric([name, shard], level["available"])
                     refilling.add_metric([name, shard], 1 if level["refilling"] else 0)
-        yield from (remaining, size, up, pool, refilling)
+        yield from (remaining, size, up, pool, refilling, named_issued, named_remaining, named_size)
 
     def describe(self) -> list:
         return []
@@ -154,8 +170,21 @@ class _Levels:
         with self._lock:
             if time.monotonic() - self._read_at >= LEVELS_TTL:
                 self._stats = {stage.name: _stats_of(stage) for stage in self.stages}
+                self._spaces = {s.name: _levels_of(s) for s in self.stages if s.named_spaces is not None}
                 self._read_at = time.monotonic()
             return self._stats
+
+    def _read_spaces(self) -> dict[str, list]:
+        with self._lock:
+            return self._spaces
+
+
+def _levels_of(stage: Stage) -> list:
+    """The named spaces' levels; none while the store cannot answer (uniquerand_store_up says so)."""
+    try:
+        return stage.named_spaces.levels()
+    except StoreError:
+        return []
 
 
 def _stats_of(stage: Stage) -> dict | None:

@@ -3,6 +3,8 @@ one with /v5/random's guarantees and codes. Built only for a stage whose store k
 
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -107,7 +109,14 @@ def space_definition(record: SpaceRecord) -> dict:
 def _definition_of_body():
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise RequestEntityTooLarge(f"A space's definition is at most {MAX_BODY} bytes.")
-    body = request.get_json(force=True, silent=True)
+    # A chunked body has no length to check first: one byte past MAX_BODY is read, never the rest.
+    data = request.stream.read(MAX_BODY + 1)
+    if len(data) > MAX_BODY:
+        raise RequestEntityTooLarge(f"A space's definition is at most {MAX_BODY} bytes.")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: 4 KiB of `[` nests deeper than the parser goes
+        body = None
     if not isinstance(body, dict):
         raise InvalidParameterError(
             "body", 'The body must be a JSON object such as {"type":"int","min":0,"max":99999999}.'

@@ -138,6 +138,9 @@ class SpaceCatalog(Protocol):
     def page(self, after: str, limit: int) -> list[SpaceRecord]:
         """At most `limit` spaces whose names sort after `after`, in name order."""
 
+    def levels(self) -> list[tuple[str, str, int, int]]:
+        """(name, type, size, counter) of every space, in one read."""
+
     def counters(self, record: SpaceRecord) -> object:
         """The backend's `Counters` of the space's one counter."""
 
@@ -168,9 +171,16 @@ class NamedSpaces:
         return record.space, store.issue(record.space.kind, count)
 
     def stats(self, name: str) -> tuple[SpaceRecord, dict[str, int]]:
-        """The space's record and its counts as /v5/stats gives them for a type (the held part: this process's)."""
+        """The space's record and its counts, as /metrics gives them: `issued` is every number taken from the
+        space's counter (served, or leased to a worker that serves it and nobody else), the same on every host
+        and worker; `remaining` the rest."""
         record, store = self._served(name)
-        return record, store.stats()[record.space.kind]
+        counts = store.stats()[record.space.kind]
+        size, counter = counts["space_size"], counts["counter"]
+        return record, {"issued": counter, "remaining": size - counter, "space_size": size}
+
+    def levels(self) -> list[tuple[str, str, int, int]]:
+        return self.catalog.levels()
 
     def _served(self, name: str) -> tuple[SpaceRecord, LeasedCounterStore]:
         cache = self._process.get()

@@ -59,6 +59,15 @@ class SqliteSpaceCatalog:
         with self.stage_counters.database() as connection:
             return [self._record(row) for row in connection.execute(query, (after, limit)).fetchall()]
 
+    def levels(self) -> list[tuple[str, str, int, int]]:
+        """(name, type, size, counter) of every space, in one read (for /metrics)."""
+        query = (
+            "SELECT s.name, s.kind, s.high - s.low + 1, c.next "
+            "FROM spaces s JOIN counters c ON c.kind = 'space:' || s.name"
+        )
+        with self.stage_counters.database() as connection:
+            return connection.execute(query).fetchall()
+
     def counters(self, record: SpaceRecord) -> SqliteCounters:
         return self.stage_counters.for_space(record.row, record.space)
 
