@@ -67,6 +67,9 @@ def _csv(kind: type):
 @click.option("--stages", callback=_csv(str), help="Stages to measure, e.g. v1,v3 (default: all the index lists).")
 @click.option("--types", "kinds", default="int,float", callback=_csv(str), help="Number types: int,float.")
 @click.option("--count", type=click.IntRange(1), help="Also measure batches of this many numbers per request.")
+@click.option("--spaces", type=click.IntRange(0), default=0, show_default=True,
+              help="Create this many named spaces on /v5 first (timed), then add a row drawing from one and a row "
+                   "spread over up to 1000 of them.")  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(1), default=32, show_default=True, help="Keep-alive clients.")
 @click.option("--duration", type=click.IntRange(1), default=10, show_default=True, help="Seconds per row.")
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True,
@@ -107,7 +110,8 @@ def bench_command(**params) -> None:
     options = BenchOptions(
         url=params["url"], workers=params["workers"], threads=params["threads"],
         worker_class=params["worker_class"], prefills=params["prefills"] or (0,),
-        stages=params["stages"], kinds=params["kinds"], count=params["count"], concurrency=params["concurrency"],
+        stages=params["stages"], kinds=params["kinds"], count=params["count"], spaces=params["spaces"],
+        concurrency=params["concurrency"],
         duration=params["duration"], warmup=params["warmup"], baseline=params["baseline"], repeat=params["repeat"],
         client=params["client"],
         idle_timeout=params["idle_timeout"], output=params["output"], chart=params["chart"],

@@ -30,6 +30,9 @@ from uniquerand.storage.sqlite.space_catalog import SqliteSpaceCatalog
 log = logging.getLogger(__name__)
 # The named spaces whose stores (permutation tables, leases) a worker keeps; one dropped closes its leases.
 SPACE_CACHE_SIZE = 1024
+# Named spaces of up to this many numbers get round tables (about a thousand entries a round, built in about
+# a millisecond); larger ones compute their rounds a run of numbers at a time (see AesRadixPermutation).
+SPACE_TABLE_LIMIT = 2**20
 SHARD_NAME = {"type": "string", "pattern": "^(int|float)_shard_[0-9]+\\.db$", "examples": ["int_shard_1.db"]}
 
 
@@ -138,7 +141,11 @@ def _named_spaces(settings: StoreSettings, catalog: SpaceCatalog, config: dict) 
         )
         # The name in the tweak: two spaces of one range serve different sequences.
         return LeasedCounterStore(
-            space_settings, catalog.counters(record), block_size=config["V5_BLOCK_SIZE"], tweak=f"{record.row}:"
+            space_settings,
+            catalog.counters(record),
+            block_size=config["V5_BLOCK_SIZE"],
+            tweak=f"{record.row}:",
+            table_limit=SPACE_TABLE_LIMIT,
         )
 
     return NamedSpaces(catalog, store_of, cache_size=SPACE_CACHE_SIZE)

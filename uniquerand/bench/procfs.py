@@ -61,9 +61,18 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def peak_memory_kib(pid: int) -> int | None:
     """VmHWM: the most resident memory the process has held (since start or the last reset)."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS: the resident memory the process holds now."""
+    return _status_kib(pid, "VmRSS:")
+
+
+def _status_kib(pid: int, field: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1])
     except OSError:
         return None

@@ -31,6 +31,7 @@ from uniquerand.bench.pyclient import run_python
 from uniquerand.bench.report import write_json
 from uniquerand.bench.results import Ledger, Row, build_row, median_rows, side_by_side, with_baseline_around
 from uniquerand.bench.server import BenchError, ExternalServer, GunicornServer, Server, wait_until_idle
+from uniquerand.bench.spaces import SPREAD_LUA, create_spaces, space_targets
 from uniquerand.bench.targets import HEALTHZ, Target, plan
 from uniquerand.bench.wrk import run_wrk
 
@@ -47,6 +48,8 @@ class BenchOptions:
     stages: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ("int", "float")
     count: int | None = None
+    # Named spaces made on /v5 before the rows (0: none, and no named-space rows).
+    spaces: int = 0
     concurrency: int = 32
     duration: int = 10
     # Seconds of the same load before each row's measured window, so that every worker has served the
@@ -194,6 +197,18 @@ def _run_level(
         for on, server in zip(("", "pg"), started, strict=False):
             servers.append({"prefill": level, "on": on, **server.description})
             targets, probed = plan(server, list(options.stages), list(options.kinds), options.count, on)
+            if options.spaces and any(target.stage == "v5" for target in targets):
+                say(f"creating {options.spaces:,} named spaces on /v5{'-' + on if on else ''}")
+                created = create_spaces(server, options.spaces)
+                rss = created["worker_rss_kib"]
+                say(f"  {created['seconds']:.1f} s; workers' memory {sum(rss['before']):,} KiB before, "
+                    f"{sum(rss['after']):,} KiB after")  # fmt: skip
+                servers[-1]["spaces"] = created
+                extra = space_targets(options.spaces, on)
+                if generator != "wrk" and any(target.spread for target in extra):
+                    warnings.append("the spread named-space row needs wrk; skipped")
+                    extra = [target for target in extra if not target.spread]
+                targets += extra
             for ledger_key, numbers in probed.items():
                 ledger.record(ledger_key, numbers)
             segments.append(_Segment(on, server, targets))
@@ -334,9 +349,15 @@ def _load(
     duration: int,
 ) -> LoadResult:
     if generator == "wrk":
-        url = f"http://127.0.0.1:{server.port}{target.path}"
         threads = min(os.cpu_count() or 1, options.concurrency)
-        return run_wrk(executable, url, options.concurrency, duration, threads, options.request_timeout, bodies)
+        path, lua, env = target.path, "", None
+        if target.spread:
+            path, lua = target.path.replace("{i}", "0"), SPREAD_LUA
+            env = {"BENCH_SPREAD": str(target.spread), "BENCH_SPREAD_PATH": target.path}
+        url = f"http://127.0.0.1:{server.port}{path}"
+        return run_wrk(
+            executable, url, options.concurrency, duration, threads, options.request_timeout, bodies, lua, env
+        )
     return run_python(server.port, target.path, options.concurrency, duration, options.request_timeout, bodies)
 
 

@@ -18,6 +18,12 @@ class Target:
     path: str
     # Which of the bench's servers serves the row: "" for the main one, "pg" for the one on PostgreSQL.
     server: str = ""
+    # A row spread over this many named spaces: `path` holds `{i}`, which each request replaces (see spaces.py).
+    spread: int = 0
+
+    @property
+    def named_space(self) -> bool:
+        return "/spaces/" in self.path
 
     @property
     def label(self) -> str:
@@ -25,6 +31,8 @@ class Target:
         if self.stage == HEALTHZ:
             return f"/healthz{suffix}"
         batch = f" x{self.count}" if self.count else ""
+        if self.named_space:
+            return f"/{self.stage}{suffix} {self.kind} " + (f"{self.spread} spaces" if self.spread else "1 space")
         return f"/{self.stage}{suffix} {self.kind}{batch}"
 
     @property
@@ -33,7 +41,8 @@ class Target:
         their own: the same number from /v3 and /v3-pg is no duplicate)."""
         if self.stage == HEALTHZ:
             return None
-        return (f"{self.stage}-{self.server}" if self.server else self.stage, self.kind)
+        spaces = " spaces" if self.named_space else ""
+        return ((f"{self.stage}-{self.server}" if self.server else self.stage) + spaces, self.kind)
 
 
 def listed_stages(server: Server) -> list[dict]:

@@ -38,15 +38,24 @@ end
 
 
 def run_wrk(
-    executable: str, url: str, concurrency: int, duration: int, threads: int, timeout: float, bodies_dir: Path
+    executable: str,
+    url: str,
+    concurrency: int,
+    duration: int,
+    threads: int,
+    timeout: float,
+    bodies_dir: Path,
+    extra_lua: str = "",
+    extra_env: dict[str, str] | None = None,
 ) -> LoadResult:
+    """`extra_lua`: more of the script (a `request` function that varies the path, with `extra_env`)."""
     bodies_dir.mkdir(parents=True, exist_ok=True)
     script = bodies_dir / "record.lua"
-    script.write_text(LUA_SCRIPT)
+    script.write_text(LUA_SCRIPT + extra_lua)
     threads = max(1, min(threads, concurrency))
     command = [executable, f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", f"--timeout={timeout:.0f}s",
                "-s", str(script), url]  # fmt: skip
-    env = {**os.environ, "BENCH_BODIES_DIR": str(bodies_dir)}
+    env = {**os.environ, "BENCH_BODIES_DIR": str(bodies_dir), **(extra_env or {})}
     cpu_before = children_cpu_seconds()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -27,7 +27,8 @@ from uniquerand.storage.durable import fsync_path
 # whatever it leased, since another permutation of its next counters could give numbers it already served.
 # A new database gets the AES network's row, which an earlier release does not know and refuses to serve:
 # two releases never serve one database with two permutations.
-PermutationType = Callable[[bytes, int, bytes], Permutation]
+# (key, size, tweak, *, tables=None): tables True/False forces round tables on or off, None lets the size decide.
+PermutationType = Callable[..., Permutation]
 FINGERPRINT_PREFIX = "key_fingerprint"
 NEW_FINGERPRINT = "key_fingerprint:aes-radix-feistel-10"
 PERMUTATIONS: dict[str, PermutationType] = {

@@ -88,12 +88,18 @@ class _ProcessState:
 
 
 class LeasedCounterStore(Store, Prefilling):
-    def __init__(self, settings: StoreSettings, counters: Counters, *, block_size: int, tweak: str = "") -> None:
+    def __init__(
+        self, settings: StoreSettings, counters: Counters, *, block_size: int, tweak: str = "", table_limit: int = 0
+    ) -> None:
         super().__init__(settings)
         self.counters = counters
         self.block_size = block_size
         # Separates the permutations of named spaces (`storage.spaces`), whose ranges may be the same.
         self.tweak = tweak
+        # Round tables only for spaces of at most this many numbers (0: the permutation's own rule). A table
+        # makes each number cheaper but costs its building: worth it for a store that lives as long as its
+        # worker, not for one of many named spaces that a worker builds each time it takes one up.
+        self.table_limit = table_limit
         # A forked child starts with nothing of its parent's: leases inherited by two processes would be
         # served twice.
         self._process = runtime.PerProcess(lambda: _ProcessState(self.lock_timeout, self._busy_error))
@@ -256,7 +262,8 @@ class LeasedCounterStore(Store, Prefilling):
         if leases.permutation is None:
             space = self.spaces[kind]
             tweak = f"{self.tweak}{kind}:{space.low}:{space.high}:{space.decimals}".encode()
-            leases.permutation = process.permutation_type(process.key, space.size, tweak)
+            tables = space.size <= self.table_limit if self.table_limit else None
+            leases.permutation = process.permutation_type(process.key, space.size, tweak, tables=tables)
         return leases.permutation
 
     # The counter database.
