@@ -292,3 +292,16 @@ def test_ceilings_take_each_limit_and_the_lowest_wins():
     # 6000 commits/s at 0.2 per number; 50 MB/s at 200 bytes; 2 cores at 100 us of CPU per number.
     assert limits == {"commits": 30_000.0, "wal": 250_000.0, "cpu": 20_000.0}
     assert ceilings({**per_1000, "hot_row_updates": 1.0, "server_cpu_ms": None}, capacity)["hot row"] == 2_000_000.0
+
+
+def test_bench_spaces_creates_them_and_measures_one_and_a_spread(runner, tmp_path):
+    result, document = bench(runner, tmp_path, "--stages", "v5", "--types", "int", "--spaces", "3")
+    assert result.exit_code == 0, result.output
+    labels = [row["label"] for row in document["rows"]]
+    assert "/v5 int 1 space" in labels
+    if shutil.which("wrk"):
+        assert "/v5 int 3 spaces" in labels
+    for row in document["rows"]:
+        assert_sane(row)
+    created = document["settings"]["servers"][0]["spaces"]
+    assert created["created"] == 3 and created["seconds"] >= 0 and created["worker_rss_kib"]["after"]
