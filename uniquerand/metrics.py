@@ -124,7 +124,7 @@ class _Levels:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        stats = self._read()
+        stats, spaces = self._read()
         remaining = GaugeMetricFamily(
             "uniquerand_numbers_remaining", "Numbers of the space not handed out yet.", labels=["stage", "type"]
         )
@@ -148,7 +148,7 @@ class _Levels:
             "uniquerand_named_space_remaining", "Numbers of a named space not taken yet.", labels=space_labels
         )
         named_size = GaugeMetricFamily("uniquerand_named_space_size", "Numbers in a named space.", labels=space_labels)
-        for stage, levels in self._read_spaces().items():
+        for stage, levels in spaces.items():
             for name, kind, numbers, counter in levels:
                 named_issued.add_metric([stage, name, kind], counter)
                 named_remaining.add_metric([stage, name, kind], numbers - counter)
@@ -166,17 +166,13 @@ class _Levels:
     def describe(self) -> list:
         return []
 
-    def _read(self) -> dict[str, dict | None]:
+    def _read(self) -> tuple[dict[str, dict | None], dict[str, list]]:
         with self._lock:
             if time.monotonic() - self._read_at >= LEVELS_TTL:
                 self._stats = {stage.name: _stats_of(stage) for stage in self.stages}
                 self._spaces = {s.name: _levels_of(s) for s in self.stages if s.named_spaces is not None}
                 self._read_at = time.monotonic()
-            return self._stats
-
-    def _read_spaces(self) -> dict[str, list]:
-        with self._lock:
-            return self._spaces
+            return self._stats, self._spaces
 
 
 def _levels_of(stage: Stage) -> list:

@@ -107,9 +107,7 @@ def space_definition(record: SpaceRecord) -> dict:
 
 
 def _definition_of_body():
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise RequestEntityTooLarge(f"A space's definition is at most {MAX_BODY} bytes.")
-    # A chunked body has no length to check first: one byte past MAX_BODY is read, never the rest.
+    # One byte past MAX_BODY is read, never the rest, whether the body has a length or comes in chunks.
     data = request.stream.read(MAX_BODY + 1)
     if len(data) > MAX_BODY:
         raise RequestEntityTooLarge(f"A space's definition is at most {MAX_BODY} bytes.")

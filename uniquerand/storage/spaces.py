@@ -138,8 +138,8 @@ class SpaceCatalog(Protocol):
     def page(self, after: str, limit: int) -> list[SpaceRecord]:
         """At most `limit` spaces whose names sort after `after`, in name order."""
 
-    def levels(self) -> list[tuple[str, str, int, int]]:
-        """(name, type, size, counter) of every space, in one read."""
+    def levels(self, only: str | None = None) -> list[tuple[str, str, int, int]]:
+        """(name, type, size, counter) of every space (or of the space `only`), in one read."""
 
     def counters(self, record: SpaceRecord) -> object:
         """The backend's `Counters` of the space's one counter."""
@@ -173,10 +173,13 @@ class NamedSpaces:
     def stats(self, name: str) -> tuple[SpaceRecord, dict[str, int]]:
         """The space's record and its counts, as /metrics gives them: `issued` is every number taken from the
         space's counter (served, or leased to a worker that serves it and nobody else), the same on every host
-        and worker; `remaining` the rest."""
-        record, store = self._served(name)
-        counts = store.stats()[record.space.kind]
-        size, counter = counts["space_size"], counts["counter"]
+        and worker; `remaining` the rest. Read from the catalog: describing a space builds no store of it
+        here, so it evicts no space that this worker draws from (an eviction closes that space's leases)."""
+        record = self.get(name)
+        levels = self.catalog.levels(name)
+        if not levels:
+            raise StoreCorruptError(f"The {record.name!r} space's counter is missing.")
+        _, _, size, counter = levels[0]
         return record, {"issued": counter, "remaining": size - counter, "space_size": size}
 
     def levels(self) -> list[tuple[str, str, int, int]]:

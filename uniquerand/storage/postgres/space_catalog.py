@@ -65,15 +65,17 @@ class PostgresSpaceCatalog:
         with self.database.connection(self.label) as connection:
             return [self._record(row) for row in connection.execute(query, (after, limit)).fetchall()]
 
-    def levels(self) -> list[tuple[str, str, int, int]]:
-        """(name, type, size, counter) of every space, in one read (for /metrics)."""
+    def levels(self, only: str | None = None) -> list[tuple[str, str, int, int]]:
+        """(name, type, size, counter) of every space (or of the space `only`), in one read."""
         self.stage_counters.set_up()
         query = (
             "SELECT s.name, s.kind, s.high - s.low + 1, c.next FROM uniquerand_v5_spaces s "
             "JOIN uniquerand_v5_counters c ON c.kind = 'space:' || s.name"
         )
         with self.database.connection(self.label) as connection:
-            return connection.execute(query).fetchall()
+            if only is None:
+                return connection.execute(query).fetchall()
+            return connection.execute(query + " WHERE s.name = %s", (only,)).fetchall()
 
     def counters(self, record: SpaceRecord) -> PostgresCounters:
         return self.stage_counters.for_space(record.row, record.space)

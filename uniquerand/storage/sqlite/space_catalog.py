@@ -59,14 +59,16 @@ class SqliteSpaceCatalog:
         with self.stage_counters.database() as connection:
             return [self._record(row) for row in connection.execute(query, (after, limit)).fetchall()]
 
-    def levels(self) -> list[tuple[str, str, int, int]]:
-        """(name, type, size, counter) of every space, in one read (for /metrics)."""
+    def levels(self, only: str | None = None) -> list[tuple[str, str, int, int]]:
+        """(name, type, size, counter) of every space (or of the space `only`), in one read."""
         query = (
             "SELECT s.name, s.kind, s.high - s.low + 1, c.next "
             "FROM spaces s JOIN counters c ON c.kind = 'space:' || s.name"
         )
         with self.stage_counters.database() as connection:
-            return connection.execute(query).fetchall()
+            if only is None:
+                return connection.execute(query).fetchall()
+            return connection.execute(query + " WHERE s.name = ?", (only,)).fetchall()
 
     def counters(self, record: SpaceRecord) -> SqliteCounters:
         return self.stage_counters.for_space(record.row, record.space)
