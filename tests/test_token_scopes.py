@@ -189,3 +189,15 @@ def test_scoped_tokens_made_by_flask_tokens_work_on_a_real_server(make_server, i
     status, body, headers = get(server.port, "/v5/spaces/prizes/random", headers=bearer(admin))
     assert (status, body["code"]) == (403, "forbidden") and "insufficient_scope" in headers["www-authenticate"]
     assert get(server.port, "/v5/spaces/prizes", headers=bearer(admin))[1]["issued"] == 5
+
+
+@pytest.mark.parametrize("name", ["a%0Ab", "a%0D%0AX-Evil:%201", "a%22b", "%C3%A9", "UPPER", "a%20b"])
+def test_a_name_no_space_can_have_is_refused_as_json_and_never_reaches_the_challenge(scoped, name):
+    client, tokens = scoped
+    for kind in KINDS:
+        for path in (f"/v5/spaces/{name}/random", f"/v5/spaces/{name}"):
+            response = client.get(path, headers=bearer(tokens[kind]))
+            assert response.status_code in (403, 404) and response.is_json, (kind, path, response.status_code)
+            challenge = response.headers.get("WWW-Authenticate", "")
+            assert "draw:*" in challenge or not challenge, challenge
+            assert "X-Evil" not in response.headers

@@ -86,6 +86,10 @@ def _scopes_for(view: str, args: dict) -> tuple[str, ...]:
     name = args.get("name", "")
     if view == "space" and request.method == "PUT":
         return (ADMIN_SCOPE,)
+    if not is_space_name(name):
+        # No space has this name (the view answers 404), and it must not reach the challenge header: a path's
+        # %0A would split it.
+        return (DRAW_ANY,) if view == "draw" else (DRAW_ANY, ADMIN_SCOPE)
     if view == "draw":
         return (f"draw:{name}",)
     if view == "space":
