@@ -109,8 +109,10 @@ class GunicornServer:
         workers: int = 3,
         threads: int = 4,
         startup_timeout: float = 30.0,
+        app: str = "wsgi:app",
     ) -> None:
         self.instance_path = instance_path
+        self.app = app
         self.env = env or {}
         self.workers = workers
         self.threads = threads
@@ -123,7 +125,7 @@ class GunicornServer:
         self.port = free_port()
         env = {**os.environ, "UNIQUERAND_INSTANCE_PATH": str(self.instance_path), **self.env}
         command = [
-            sys.executable, "-m", "gunicorn", "wsgi:app",
+            sys.executable, "-m", "gunicorn", self.app,
             "--bind", f"127.0.0.1:{self.port}",
             "--workers", str(self.workers),
             "--threads", str(self.threads),

@@ -51,7 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for stage in stages:
         app.register_blueprint(stage_blueprint(stage, metrics.observer(stage.name), guard))
         if stage.named_spaces is not None:
-            app.register_blueprint(spaces_blueprint(stage.name, stage.named_spaces, guard))
+            app.register_blueprint(spaces_blueprint(stage.name, stage.named_spaces, guard, stage.replies))
     cli.register(app)
     return app
 

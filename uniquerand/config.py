@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "TOKENS_FILE": "",
     # Whether /metrics needs a token too (requires TOKENS_FILE).
     "METRICS_REQUIRE_TOKEN": False,
+    # Seconds a /v5 draw's answer is kept for a retry with the same Idempotency-Key (a day).
+    "IDEMPOTENCY_TTL": 86400,
 }
 
 
@@ -141,6 +143,7 @@ def validate(config: dict) -> None:
     config["LOG_LEVEL"] = level
     config["V3_SETTLE_AT"] = _integer(config, "V3_SETTLE_AT", 1, 100_000_000)
     config["V5_BLOCK_SIZE"] = _integer(config, "V5_BLOCK_SIZE", 1, 1_000_000)
+    config["IDEMPOTENCY_TTL"] = _integer(config, "IDEMPOTENCY_TTL", 1, 30 * 86400)
     _validate_v4(config)
     _validate_database(config)
     _validate_tokens(config)

@@ -19,11 +19,14 @@ from uniquerand.storage.leased import LeasedCounterStore
 from uniquerand.storage.postgres.counters import PostgresCounters
 from uniquerand.storage.postgres.database import Database
 from uniquerand.storage.postgres.issued import PostgresStore
+from uniquerand.storage.postgres.replies import postgres_replies
 from uniquerand.storage.postgres.sharded import ShardedPostgresStore
 from uniquerand.storage.postgres.space_catalog import PostgresSpaceCatalog
+from uniquerand.storage.replies import ReplyStore
 from uniquerand.storage.spaces import NamedSpaces, SpaceCatalog, SpaceRecord
 from uniquerand.storage.sqlite.counters import SqliteCounters
 from uniquerand.storage.sqlite.issued import SqliteStore
+from uniquerand.storage.sqlite.replies import sqlite_replies
 from uniquerand.storage.sqlite.sharded import ShardedSqliteStore
 from uniquerand.storage.sqlite.space_catalog import SqliteSpaceCatalog
 
@@ -59,6 +62,8 @@ class Stage:
     sources: Sources | None = None
     # /v5's named spaces (`PUT /v5/spaces/{name}`), where the stage's backend keeps them.
     named_spaces: NamedSpaces | None = None
+    # /v5's answers recorded for retries with an Idempotency-Key, where the stage's backend keeps them.
+    replies: ReplyStore | None = None
 
     @property
     def extra_response_properties(self) -> dict[str, Any]:
@@ -129,7 +134,14 @@ def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
         "a key file (key, 0600) and one SQLite database (counters.db) of the counters, named spaces and leases",
         LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
         named_spaces=_named_spaces(settings, SqliteSpaceCatalog(counters), config),
+        replies=sqlite_replies(settings.folder, settings.label, settings.lock_timeout, *_reply_times(config)),
     )
+
+
+def _reply_times(config: dict) -> tuple[float, float]:
+    """How long an answer is kept, and how old a claim must be before a retry takes it over: older than any
+    request that claims, issues and records, each write waiting LOCK_TIMEOUT at most."""
+    return float(config["IDEMPOTENCY_TTL"]), 3 * config["LOCK_TIMEOUT"]
 
 
 def _named_spaces(settings: StoreSettings, catalog: SpaceCatalog, config: dict) -> NamedSpaces:
@@ -187,6 +199,7 @@ def _postgres_v5(settings: StoreSettings, database: Database, config: dict) -> S
         "uniquerand_v5_spaces and uniquerand_v5_leases",
         LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
         named_spaces=_named_spaces(settings, PostgresSpaceCatalog(counters), config),
+        replies=postgres_replies(database, settings.label, settings.lock_timeout, *_reply_times(config)),
     )
 
 

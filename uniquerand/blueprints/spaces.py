@@ -10,8 +10,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from uniquerand.blueprints.access import BearerGuard
 from uniquerand.blueprints.common import batch_count, bounded_param, numbers_response, single_param
+from uniquerand.blueprints.idempotency import answered_once, idempotency_key
 from uniquerand.errors import InvalidParameterError
 from uniquerand.scopes import ADMIN_SCOPE, DRAW_ANY
+from uniquerand.storage.replies import ReplyStore
 from uniquerand.storage.spaces import (
     PAGE_LIMIT,
     NamedSpaces,
@@ -26,7 +28,9 @@ MAX_BODY = 4096
 DEFINITION_FIELDS = ("type", "min", "max", "decimals")
 
 
-def spaces_blueprint(stage_name: str, spaces: NamedSpaces, guard: BearerGuard | None = None) -> Blueprint:
+def spaces_blueprint(
+    stage_name: str, spaces: NamedSpaces, guard: BearerGuard | None = None, replies: ReplyStore | None = None
+) -> Blueprint:
     bp = Blueprint(f"{stage_name}_spaces", __name__, url_prefix=f"/{stage_name}/spaces")
 
     @bp.route("/<name>", methods=["GET", "PUT"])
@@ -66,6 +70,11 @@ def spaces_blueprint(stage_name: str, spaces: NamedSpaces, guard: BearerGuard | 
 
     @bp.get("/<name>/random")
     def draw(name: str):
+        if replies is not None and (key := idempotency_key()) is not None:
+            return answered_once(replies, key, lambda: issue(name))
+        return issue(name)
+
+    def issue(name: str):
         count = batch_count(request.args)
         space, issued = spaces.issue(name, count or 1)
         return numbers_response(space, issued.codes, count)

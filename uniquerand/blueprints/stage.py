@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from uniquerand.blueprints.access import BearerGuard, client_name
 from uniquerand.blueprints.common import numbers_response, random_request_reader
+from uniquerand.blueprints.idempotency import answered_once, idempotency_key
 from uniquerand.errors import code_of
 from uniquerand.metrics import Observe
 from uniquerand.scopes import DRAW_ANY
@@ -26,9 +27,16 @@ def stage_blueprint(stage: Stage, observe: Observe, guard: BearerGuard | None = 
     parse = random_request_reader(stage.lenient_type, stage.accepts_count)
     sources = stage.sources
     client_of = _anonymous if guard is None else client_name
+    replies = stage.replies
 
     @bp.get("/random")
     def random_number():
+        # Only /v5 records answers; the seed's stages ignore the header, as the document describes them.
+        if replies is not None and (key := idempotency_key()) is not None:
+            return answered_once(replies, key, issue)
+        return issue()
+
+    def issue():
         started, kind, client = perf_counter(), "none", client_of()
         try:
             kind, count = parse()

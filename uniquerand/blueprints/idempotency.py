@@ -1,0 +1,107 @@
+"""`Idempotency-Key` on /v5's draws (the IETF httpapi draft's header): the first request with a key issues and
+its answer is recorded before it is sent; a retry of the same request gets the same bytes back with
+`Idempotent-Replayed: true` and issues nothing. The rules of the store are in `storage.replies`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+from flask import current_app, g, request
+from werkzeug.exceptions import Conflict, UnprocessableEntity
+
+from uniquerand.blueprints.common import JSON_MIMETYPE
+from uniquerand.errors import InvalidParameterError
+from uniquerand.logs import event
+from uniquerand.storage.contract import StoreError
+from uniquerand.storage.replies import ReplyStore
+
+log = logging.getLogger(__name__)
+
+HEADER = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+# How often a request polls for the answer of an identical one in progress.
+POLL_EVERY = 0.02
+
+
+class KeyReusedError(UnprocessableEntity):
+    def __init__(self) -> None:
+        super().__init__(
+            description="This Idempotency-Key was used with another request (path or query); use a new key for a "
+            "new request."
+        )
+        self.extra = {"code": "idempotency_key_reused"}
+
+
+class InProgressError(Conflict):
+    """409 with Retry-After: a request with this key is still being answered."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            description="A request with this Idempotency-Key is still in progress; retry after a moment to get its "
+            "answer."
+        )
+        self.extra = {"code": "request_in_progress"}
+
+    def get_headers(self, environ=None, scope=None) -> list[tuple[str, str]]:
+        retry_after = str(current_app.config["RETRY_AFTER"])
+        return [*super().get_headers(environ, scope), ("Retry-After", retry_after)]
+
+
+def idempotency_key() -> str | None:
+    """The request's key: 1 to 255 visible ASCII characters, or None without the header; else a 422."""
+    values = request.headers.getlist(HEADER)
+    if not values:
+        return None
+    key = values[0]
+    if len(values) > 1 or not 1 <= len(key) <= MAX_KEY_LENGTH or not all("!" <= ch <= "~" for ch in key):
+        raise InvalidParameterError(
+            HEADER, f"Invalid {HEADER}: one header of 1 to {MAX_KEY_LENGTH} visible ASCII characters (no spaces)."
+        )
+    return key
+
+
+def answered_once(replies: ReplyStore, key: str, answer: Callable[[], object]):
+    """`answer()` (the view) run at most once for the key: the recorded response of an earlier run, or a new
+    run's, recorded before it is returned."""
+    client = g.get("client_name", "")
+    # The request is its path and query, as sent: a retry is the same request byte for byte.
+    fingerprint = hashlib.sha256(request.full_path.encode("utf-8", "surrogateescape")).hexdigest()
+    deadline = time.monotonic() + current_app.config["LOCK_TIMEOUT"]
+    while True:
+        reply = replies.claim(client, key, fingerprint)
+        if reply.claimed:
+            break
+        if reply.fingerprint != fingerprint:
+            raise KeyReusedError()
+        if reply.body is not None:
+            response = current_app.response_class(reply.body, status=reply.status, mimetype=JSON_MIMETYPE)
+            response.headers[REPLAYED] = "true"
+            return response
+        if time.monotonic() >= deadline:
+            raise InProgressError()
+        time.sleep(POLL_EVERY)
+    try:
+        response = current_app.make_response(answer())
+    except BaseException:
+        # Nothing was sent: a retry issues anew. (If releasing fails too, the claim is taken over later.)
+        _release(replies, client, key, reply.owner)
+        raise
+    if response.status_code != 200:
+        _release(replies, client, key, reply.owner)
+        return response
+    # Recorded durably before it is sent; a record whose outcome is unknown raises (503), and its numbers are
+    # burned: the retry replays them if the record did land, else it takes the claim over and issues anew.
+    if not replies.record(client, key, reply.owner, response.status_code, response.get_data()):
+        raise InProgressError()
+    return response
+
+
+def _release(replies: ReplyStore, client: str, key: str, owner: str) -> None:
+    try:
+        replies.release(client, key, owner)
+    except StoreError as err:  # the request's own answer is the one to give
+        event(log, "idempotency_release_failed", logging.WARNING, error=str(err))

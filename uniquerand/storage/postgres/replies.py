@@ -1,0 +1,63 @@
+"""/v5's recorded replies (`storage.replies`) in PostgreSQL: table uniquerand_v5_replies, shared by every host,
+so a retry that reaches another host replays the same answer."""
+
+from __future__ import annotations
+
+from uniquerand.storage import runtime
+from uniquerand.storage.postgres.database import Database, Table, exists
+from uniquerand.storage.replies import ReplyStore, new_committer
+
+TABLE = "uniquerand_v5_replies"
+SCHEMA = [
+    Table(
+        TABLE,
+        (
+            ("client", "text", "NOT NULL"),
+            ("key", "text", "NOT NULL"),
+            ("fingerprint", "text", "NOT NULL"),
+            ("owner", "text", "NOT NULL"),
+            ("claimed", "double precision", "NOT NULL"),
+            ("expires", "double precision", "NOT NULL"),
+            ("status", "integer", ""),
+            ("body", "bytea", ""),
+        ),
+        ("client", "key"),
+    )
+]
+EXPIRES_INDEX = f"{TABLE}_expires"
+
+
+class PostgresReplySql:
+    delete_expired_key = f"DELETE FROM {TABLE} WHERE client = %s AND key = %s AND expires <= %s"
+    insert = (
+        f"INSERT INTO {TABLE} (client, key, fingerprint, owner, claimed, expires) VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT DO NOTHING"
+    )
+    select = f"SELECT fingerprint, owner, claimed, status, body FROM {TABLE} WHERE client = %s AND key = %s"
+    take_over = (
+        f"UPDATE {TABLE} SET owner = %s, claimed = %s, expires = %s WHERE client = %s AND key = %s AND owner = %s "
+        "AND body IS NULL"
+    )
+    record = f"UPDATE {TABLE} SET status = %s, body = %s WHERE client = %s AND key = %s AND owner = %s AND body IS NULL"
+    release = f"DELETE FROM {TABLE} WHERE client = %s AND key = %s AND owner = %s AND body IS NULL"
+    purge = (
+        f"DELETE FROM {TABLE} WHERE (client, key) IN "
+        f"(SELECT client, key FROM {TABLE} WHERE expires <= %s ORDER BY expires LIMIT %s FOR UPDATE SKIP LOCKED)"
+    )
+
+
+def _index(connection) -> None:
+    # Made once, never re-issued: DDL on the table would lock out the other hosts' claims.
+    if not exists(connection, EXPIRES_INDEX):
+        connection.execute(f"CREATE INDEX {EXPIRES_INDEX} ON {TABLE} (expires)")
+
+
+def postgres_replies(database: Database, label: str, lock_timeout: float, ttl: float, stale: float) -> ReplyStore:
+    set_up_label = f"{label} replies"
+
+    def committer():
+        database.set_up(set_up_label, SCHEMA, {}, then=_index)
+        # psycopg waits cooperatively under gevent: the writer needs no OS thread of its own.
+        return new_committer(database.target(TABLE, label), lock_timeout, label, offload=False)
+
+    return ReplyStore(PostgresReplySql(), runtime.PerProcess(committer), label, ttl, stale)

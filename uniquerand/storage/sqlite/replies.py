@@ -1,0 +1,54 @@
+"""/v5's recorded replies (`storage.replies`) on SQLite: replies.db beside counters.db, its own file so that
+recording answers never waits for a lease's write lock."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from uniquerand.storage import runtime
+from uniquerand.storage.replies import ReplyStore, new_committer
+from uniquerand.storage.sqlite.common import SqliteTarget, open_published
+
+FILE_NAME = "replies.db"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS replies (
+    client TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, owner TEXT NOT NULL,
+    claimed REAL NOT NULL, expires REAL NOT NULL, status INTEGER, body BLOB,
+    PRIMARY KEY (client, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS replies_expires ON replies (expires);
+"""
+
+
+class SqliteReplySql:
+    delete_expired_key = "DELETE FROM replies WHERE client = ? AND key = ? AND expires <= ?"
+    insert = (
+        "INSERT INTO replies (client, key, fingerprint, owner, claimed, expires) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING"
+    )
+    select = "SELECT fingerprint, owner, claimed, status, body FROM replies WHERE client = ? AND key = ?"
+    take_over = (
+        "UPDATE replies SET owner = ?, claimed = ?, expires = ? WHERE client = ? AND key = ? AND owner = ? "
+        "AND body IS NULL"
+    )
+    record = "UPDATE replies SET status = ?, body = ? WHERE client = ? AND key = ? AND owner = ? AND body IS NULL"
+    release = "DELETE FROM replies WHERE client = ? AND key = ? AND owner = ? AND body IS NULL"
+    purge = (
+        "DELETE FROM replies WHERE (client, key) IN "
+        "(SELECT client, key FROM replies WHERE expires <= ? ORDER BY expires LIMIT ?)"
+    )
+
+
+def sqlite_replies(folder: Path, label: str, lock_timeout: float, ttl: float, stale: float) -> ReplyStore:
+    path = folder / FILE_NAME
+
+    def prepare(connection: sqlite3.Connection) -> None:
+        connection.executescript(SCHEMA)
+
+    def committer():
+        opener = lambda: open_published(path, lock_timeout, prepare, label)  # noqa: E731
+        target = SqliteTarget(FILE_NAME, opener, path.with_name(FILE_NAME + ".lock"), label)
+        return new_committer(target, lock_timeout, label, offload=True)
+
+    return ReplyStore(SqliteReplySql(), runtime.PerProcess(committer), label, ttl, stale)
