@@ -10,6 +10,7 @@ from flask import Flask
 
 from uniquerand.errors import STORE_ERROR_RESPONSES
 from uniquerand.numbers import KINDS
+from uniquerand.openapi_draws import add_components, keyed
 from uniquerand.openapi_spaces import spaces_paths
 
 Schema = dict[str, Any]
@@ -65,12 +66,13 @@ def build_document(app: Flask) -> Schema:
     }
     for stage in stages:
         stats = _operation(f"{stage.name}_stats", f"Counters of /{stage.name}.", stage.name, _ok(_stats(stage.name)))
-        paths[f"/{stage.name}/random"] = _path(_needs_token(_random_operation(stage, app.config), tokens))
+        draw = _random_operation(stage, app.config)
+        paths[f"/{stage.name}/random"] = _path(_needs_token(keyed(draw) if stage.replies else draw, tokens))
         paths[f"/{stage.name}/stats"] = _path(_needs_token(stats, tokens))
         if stage.named_spaces is not None:
             helpers = SimpleNamespace(
                 operation=_operation, ok=_ok, path=_path, error_response=_error_response,
-                needs_token=lambda operation: _needs_token(operation, tokens),
+                needs_token=lambda operation: _needs_token(operation, tokens), keyed=keyed,
             )  # fmt: skip
             paths |= spaces_paths(stage.name, app.config["MAX_COUNT"], helpers)
     return {
@@ -300,6 +302,7 @@ def _components(tokens: bool) -> Schema:
             ),
         },
     }
+    add_components(components, _error, _error_response)
     if tokens:
         _add_bearer_components(components)
     return components

@@ -131,7 +131,8 @@ def spaces_paths(stage: str, max_count: int, build) -> dict[str, Schema]:
         build.ok({"oneOf": [single, batch]}, "Unique numbers, durably recorded before this response was sent."),
         [_NAME, count],
     )
-    draw["responses"] |= {"404": not_found, "422": invalid}
+    draw["responses"] |= {"404": not_found}
+    build.keyed(draw)
     named = {
         f"/{stage}/spaces/{{name}}": build.path(build.needs_token(describe), put=build.needs_token(put)),
         f"/{stage}/spaces/{{name}}/random": build.path(build.needs_token(draw)),
