@@ -17,7 +17,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Builds the app: defaults, then UNIQUERAND_* variables, then `test_config`, then validation."""
     from uniquerand.blueprints import docs, index, operations
     from uniquerand.blueprints.access import guard_from_config
-    from uniquerand.blueprints.spaces import spaces_blueprint
+    from uniquerand.blueprints.spaces import signing_keys_blueprint, spaces_blueprint
     from uniquerand.blueprints.stage import stage_blueprint
     from uniquerand.metrics import Metrics
     from uniquerand.stages import build_stages
@@ -51,7 +51,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for stage in stages:
         app.register_blueprint(stage_blueprint(stage, metrics.observer(stage.name), guard))
         if stage.named_spaces is not None:
-            app.register_blueprint(spaces_blueprint(stage.name, stage.named_spaces, guard, stage.replies))
+            app.register_blueprint(spaces_blueprint(stage.name, stage.named_spaces, guard, stage.replies, stage.signer))
+        if stage.signer is not None:
+            app.register_blueprint(signing_keys_blueprint(stage.name, stage.signer))
     cli.register(app)
     return app
 

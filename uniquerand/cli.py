@@ -1,4 +1,5 @@
-"""Command-line tools (`flask init-shards`, `flask bench`, `flask tokens`): thin click wrappers over plain functions."""
+"""Command-line tools (`flask init-shards`, `flask bench`, `flask tokens`, and from `cli_draws` `flask signing-key`
+and `flask verify`): thin click wrappers over plain functions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
+from uniquerand.cli_draws import signing_key_command, verify_command
 from uniquerand.scopes import ScopeError, check_scopes
 from uniquerand.storage.contract import StoreError
 from uniquerand.tokens import TokenFile, TokenFileError, TokenNameError, check_name
@@ -22,6 +24,8 @@ def register(app: Flask) -> None:
     app.cli.add_command(init_shards_command)
     app.cli.add_command(bench_command)
     app.cli.add_command(tokens_command)
+    app.cli.add_command(signing_key_command)
+    app.cli.add_command(verify_command)
 
 
 @click.command("init-shards")

@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_REQUIRE_TOKEN": False,
     # Seconds a /v5 draw's answer is kept for a retry with the same Idempotency-Key (a day).
     "IDEMPOTENCY_TTL": 86400,
+    # The Ed25519 key file that signs /v5's signed draws (relative to INSTANCE_PATH); made at first use. Empty:
+    # v5/signing-key.json. Every host of one database needs a copy of the same file.
+    "SIGNING_KEY_FILE": "",
 }
 
 
@@ -147,6 +150,8 @@ def validate(config: dict) -> None:
     _validate_v4(config)
     _validate_database(config)
     _validate_tokens(config)
+    path = str(config["SIGNING_KEY_FILE"] or "").strip() or "v5/signing-key.json"
+    config["SIGNING_KEY_FILE"] = os.path.abspath(Path(config["INSTANCE_PATH"]) / Path(path).expanduser())
 
 
 def _validate_v4(config: dict) -> None:

@@ -21,6 +21,7 @@ from uniquerand.storage.contract import (
     StoreKeyError,
     StoreUnavailableError,
 )
+from uniquerand.storage.draws import DrawNotFoundError
 from uniquerand.storage.spaces import SpaceConflictError, SpaceNotFoundError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ STORE_ERROR_RESPONSES: dict[type[StoreError], tuple[int, str, bool]] = {
     ShardsEmptyError: (503, "shards_empty", True),
     SpaceNotFoundError: (404, "space_not_found", False),
     SpaceConflictError: (409, "space_conflict", False),
+    DrawNotFoundError: (404, "draw_not_found", False),
 }
 
 

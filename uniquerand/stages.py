@@ -13,11 +13,13 @@ from typing import Any
 
 from uniquerand.logs import event
 from uniquerand.numbers import NumberKind, NumberSpace
+from uniquerand.signing import DrawSigner, KeyFile
 from uniquerand.storage.contract import Store, StoreError, StoreSettings
 from uniquerand.storage.json_file import JsonFileStore
 from uniquerand.storage.leased import LeasedCounterStore
 from uniquerand.storage.postgres.counters import PostgresCounters
 from uniquerand.storage.postgres.database import Database
+from uniquerand.storage.postgres.draws import postgres_draws
 from uniquerand.storage.postgres.issued import PostgresStore
 from uniquerand.storage.postgres.replies import postgres_replies
 from uniquerand.storage.postgres.sharded import ShardedPostgresStore
@@ -25,6 +27,7 @@ from uniquerand.storage.postgres.space_catalog import PostgresSpaceCatalog
 from uniquerand.storage.replies import ReplyStore
 from uniquerand.storage.spaces import NamedSpaces, SpaceCatalog, SpaceRecord
 from uniquerand.storage.sqlite.counters import SqliteCounters
+from uniquerand.storage.sqlite.draws import sqlite_draws
 from uniquerand.storage.sqlite.issued import SqliteStore
 from uniquerand.storage.sqlite.replies import sqlite_replies
 from uniquerand.storage.sqlite.sharded import ShardedSqliteStore
@@ -64,6 +67,8 @@ class Stage:
     named_spaces: NamedSpaces | None = None
     # /v5's answers recorded for retries with an Idempotency-Key, where the stage's backend keeps them.
     replies: ReplyStore | None = None
+    # /v5's signed draws of named spaces (`?signed=true`), their serials and key set.
+    signer: DrawSigner | None = None
 
     @property
     def extra_response_properties(self) -> dict[str, Any]:
@@ -135,6 +140,10 @@ def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
         LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
         named_spaces=_named_spaces(settings, SqliteSpaceCatalog(counters), config),
         replies=sqlite_replies(settings.folder, settings.label, settings.lock_timeout, *_reply_times(config)),
+        signer=DrawSigner(
+            KeyFile(Path(config["SIGNING_KEY_FILE"])),
+            sqlite_draws(settings.folder, settings.label, settings.lock_timeout),
+        ),
     )
 
 
@@ -200,6 +209,9 @@ def _postgres_v5(settings: StoreSettings, database: Database, config: dict) -> S
         LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
         named_spaces=_named_spaces(settings, PostgresSpaceCatalog(counters), config),
         replies=postgres_replies(database, settings.label, settings.lock_timeout, *_reply_times(config)),
+        signer=DrawSigner(
+            KeyFile(Path(config["SIGNING_KEY_FILE"])), postgres_draws(database, settings.label, settings.lock_timeout)
+        ),
     )
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from uniquerand.blueprints.access import BearerGuard
-from uniquerand.blueprints.common import batch_count, bounded_param, numbers_response, single_param
+from uniquerand.blueprints.common import JSON_MIMETYPE, batch_count, bounded_param, numbers_response, single_param
 from uniquerand.blueprints.idempotency import answered_once, idempotency_key
 from uniquerand.errors import InvalidParameterError
+from uniquerand.numbers import NumberSpace
 from uniquerand.scopes import ADMIN_SCOPE, DRAW_ANY
+from uniquerand.signing import SAFE_INTEGER, DrawSigner
+from uniquerand.storage.draws import DrawNotFoundError
 from uniquerand.storage.replies import ReplyStore
 from uniquerand.storage.spaces import (
     PAGE_LIMIT,
@@ -29,7 +32,11 @@ DEFINITION_FIELDS = ("type", "min", "max", "decimals")
 
 
 def spaces_blueprint(
-    stage_name: str, spaces: NamedSpaces, guard: BearerGuard | None = None, replies: ReplyStore | None = None
+    stage_name: str,
+    spaces: NamedSpaces,
+    guard: BearerGuard | None = None,
+    replies: ReplyStore | None = None,
+    signer: DrawSigner | None = None,
 ) -> Blueprint:
     bp = Blueprint(f"{stage_name}_spaces", __name__, url_prefix=f"/{stage_name}/spaces")
 
@@ -76,8 +83,29 @@ def spaces_blueprint(
 
     def issue(name: str):
         count = batch_count(request.args)
+        if signer is not None and _signed(request.args):
+            return signed_draw(name, count or 1)
         space, issued = spaces.issue(name, count or 1)
         return numbers_response(space, issued.codes, count)
+
+    def signed_draw(name: str, count: int):
+        record = spaces.get(name)
+        low, high = _bounds(record.space)
+        if record.space.kind == "int" and max(abs(low), abs(high)) > SAFE_INTEGER:
+            raise InvalidParameterError(
+                "signed", "This space's numbers go past 2^53 - 1, which signed results (RFC 8785 JSON) cannot carry."
+            )
+        space, issued = spaces.issue(name, count)
+        numbers = [space.to_json_value(code) for code in issued.codes]
+        fields = {"type": space.kind, "min": low, "max": high, "numbers": numbers}
+        return current_app.response_class(signer.sign_draw(name, fields), mimetype=JSON_MIMETYPE)
+
+    @bp.get("/<name>/draws/<int:serial>")
+    def signed_record(name: str, serial: int):
+        spaces.get(name)
+        if signer is None:
+            raise DrawNotFoundError(f"The space {name!r} has no signed draw {serial}.")
+        return current_app.response_class(signer.store.get(name, serial), mimetype=JSON_MIMETYPE)
 
     if guard is not None:
 
@@ -98,22 +126,34 @@ def _scopes_for(view: str, args: dict) -> tuple[str, ...]:
     if not is_space_name(name):
         # No space has this name (the view answers 404), and it must not reach the challenge header: a path's
         # %0A would split it.
-        return (DRAW_ANY,) if view == "draw" else (DRAW_ANY, ADMIN_SCOPE)
-    if view == "draw":
+        return (DRAW_ANY,) if view in ("draw", "signed_record") else (DRAW_ANY, ADMIN_SCOPE)
+    if view in ("draw", "signed_record"):
         return (f"draw:{name}",)
     if view == "space":
         return (f"draw:{name}", ADMIN_SCOPE)
     return (DRAW_ANY, ADMIN_SCOPE)
 
 
-def space_definition(record: SpaceRecord) -> dict:
-    """A space as the API shows it: a float's bounds as [min, max), as it was defined."""
-    space = record.space
-    body: dict = {"name": record.name, "type": space.kind}
+def _bounds(space: NumberSpace) -> tuple[int | float, int | float]:
+    """A space's `min` and `max` as the API shows them: a float's as [min, max), as it was defined."""
     if space.kind == "int":
-        body.update(min=space.low, max=space.high)
-    else:
-        body.update(min=space.to_json_value(space.low), max=space.to_json_value(space.high + 1))
+        return space.low, space.high
+    return space.to_json_value(space.low), space.to_json_value(space.high + 1)
+
+
+def _signed(args) -> bool:
+    value = single_param(args, "signed")
+    if value not in (None, "true", "false"):
+        raise InvalidParameterError("signed", "Invalid 'signed': it must be true or false.", allowed=["true", "false"])
+    return value == "true"
+
+
+def space_definition(record: SpaceRecord) -> dict:
+    """A space as the API shows it."""
+    space = record.space
+    low, high = _bounds(space)
+    body: dict = {"name": record.name, "type": space.kind, "min": low, "max": high}
+    if space.kind == "float":
         body["decimals"] = space.decimals
     body["created"] = record.created
     return body
@@ -144,3 +184,15 @@ def _definition_of_body():
         return space_from_definition(body["type"], body["min"], body["max"], body.get("decimals"))
     except SpaceDefinitionError as err:
         raise InvalidParameterError(err.field, str(err)) from None
+
+
+def signing_keys_blueprint(stage_name: str, signer: DrawSigner) -> Blueprint:
+    """`GET /{stage}/signing-keys`: the JWK Set a signed result is checked against. Public, with or without
+    tokens: a third party who checks a result needs no access to the service."""
+    bp = Blueprint(f"{stage_name}_signing_keys", __name__, url_prefix=f"/{stage_name}")
+
+    @bp.get("/signing-keys")
+    def signing_keys():
+        return jsonify(signer.key_set())
+
+    return bp
