@@ -125,6 +125,8 @@ def test_every_store_error_code_is_documented(document):
     schemas = document["components"]["schemas"]
     for status, code, _ in STORE_ERROR_RESPONSES.values():
         schema = {503: "Unavailable", 404: "SpaceNotFound", 409: "SpaceConflict"}.get(status, "ServerError")
+        if code == "draw_not_found":
+            schema = "DrawNotFound"
         assert code in schemas[schema]["properties"]["code"]["enum"]
 
 
@@ -232,7 +234,7 @@ def test_with_tokens_the_protected_operations_declare_the_bearer_scheme(make_app
     }  # fmt: skip
     secured = {path for path, item in document["paths"].items() if "security" in item["get"]}
     protected = {f"/{stage}/{end}" for stage in STAGE_NAMES for end in ("random", "stats")}
-    protected |= {"/v5/spaces", "/v5/spaces/{name}", "/v5/spaces/{name}/random"}
+    protected |= {"/v5/spaces", "/v5/spaces/{name}", "/v5/spaces/{name}/random", "/v5/spaces/{name}/draws/{serial}"}
     assert secured == protected | ({"/metrics"} if metrics_require_token else set())
     for path in secured:
         operation = document["paths"][path]["get"]

@@ -147,3 +147,29 @@ def test_two_hosts_count_one_space_s_serials_and_list_both_keys(servers, tmp_pat
     assert len(kids) == 2
     for server in (a, b):
         assert {key["kid"] for key in json.loads(raw_get(server.port, "/v5/signing-keys")[1])["keys"]} == kids
+
+
+def test_with_tokens_a_draw_is_fetched_with_the_space_s_scope_and_the_key_set_is_open(make_server, instance_path):
+    from uniquerand.tokens import TokenFile
+
+    tokens = TokenFile(instance_path / "tokens")
+    admin, raffle, other = (
+        tokens.create(n, s) for n, s in (("a", ["spaces:admin"]), ("r", ["draw:raffle"]), ("o", ["draw:other"]))
+    )
+    server = make_server({"UNIQUERAND_TOKENS_FILE": "tokens"}, workers=1)
+    assert (
+        put_json(
+            server.port,
+            "/v5/spaces/raffle",
+            {"type": "int", "min": 1, "max": 99},
+            headers={"Authorization": f"Bearer {admin}"},
+        )[0]
+        == 201
+    )
+    body = signed(server.port, "raffle", headers={"Authorization": f"Bearer {raffle}"})
+    assert raw_get(server.port, "/v5/spaces/raffle/draws/1", {"Authorization": f"Bearer {raffle}"})[1] == body
+    status, refused, _ = raw_get(server.port, "/v5/spaces/raffle/draws/1", {"Authorization": f"Bearer {other}"})
+    assert status == 403 and b'"needed_scopes":["draw:raffle"]' in refused
+    assert raw_get(server.port, "/v5/spaces/raffle/draws/1")[0] == 401
+    status, keys, _ = raw_get(server.port, "/v5/signing-keys")
+    assert status == 200 and json.loads(body)["key_id"] in keys.decode()

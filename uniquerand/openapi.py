@@ -73,6 +73,7 @@ def build_document(app: Flask) -> Schema:
             helpers = SimpleNamespace(
                 operation=_operation, ok=_ok, path=_path, error_response=_error_response,
                 needs_token=lambda operation: _needs_token(operation, tokens), keyed=keyed,
+                signed=stage.signer is not None,
             )  # fmt: skip
             paths |= spaces_paths(stage.name, app.config["MAX_COUNT"], helpers)
     return {

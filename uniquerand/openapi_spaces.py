@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from uniquerand.openapi_draws import signed_paths
 from uniquerand.storage.spaces import MAX_DECIMALS, NAME_PATTERN, PAGE_LIMIT
 
 Schema = dict[str, Any]
@@ -133,6 +134,7 @@ def spaces_paths(stage: str, max_count: int, build) -> dict[str, Schema]:
     )
     draw["responses"] |= {"404": not_found}
     build.keyed(draw)
+    signed = signed_paths(stage, draw, _NAME, build) if build.signed else {}
     named = {
         f"/{stage}/spaces/{{name}}": build.path(build.needs_token(describe), put=build.needs_token(put)),
         f"/{stage}/spaces/{{name}}/random": build.path(build.needs_token(draw)),
@@ -140,4 +142,4 @@ def spaces_paths(stage: str, max_count: int, build) -> dict[str, Schema]:
     for item in named.values():
         # OPTIONS answers any name, a space's or not.
         item["options"]["parameters"] = [_NAME | {"schema": {"type": "string"}}]
-    return {f"/{stage}/spaces": build.path(build.needs_token(listing)), **named}
+    return {f"/{stage}/spaces": build.path(build.needs_token(listing)), **named, **signed}

@@ -100,12 +100,14 @@ def spaces_blueprint(
         fields = {"type": space.kind, "min": low, "max": high, "numbers": numbers}
         return current_app.response_class(signer.sign_draw(name, fields), mimetype=JSON_MIMETYPE)
 
-    @bp.get("/<name>/draws/<int:serial>")
-    def signed_record(name: str, serial: int):
+    @bp.get("/<name>/draws/<serial>")
+    def signed_record(name: str, serial: str):
         spaces.get(name)
-        if signer is None:
-            raise DrawNotFoundError(f"The space {name!r} has no signed draw {serial}.")
-        return current_app.response_class(signer.store.get(name, serial), mimetype=JSON_MIMETYPE)
+        # Any text is a path here (OPTIONS answers it too); only a serial names a draw.
+        number = int(serial) if serial.isascii() and serial.isdigit() and len(serial) <= 20 else 0
+        if signer is None or number == 0:
+            raise DrawNotFoundError(f"The space {name!r} has no signed draw {serial!r}.")
+        return current_app.response_class(signer.store.get(name, number), mimetype=JSON_MIMETYPE)
 
     if guard is not None:
 
