@@ -74,6 +74,9 @@ def _csv(kind: type):
 @click.option("--spaces", type=click.IntRange(0), default=0, show_default=True,
               help="Create this many named spaces on /v5 first (timed), then add a row drawing from one and a row "
                    "spread over up to 1000 of them.")  # fmt: skip
+@click.option("--verifiable", is_flag=True,
+              help="Add /v5's verifiable-draw rows: /v5/random with a new Idempotency-Key per request, and a named "
+                   "space's batches of 100, unsigned then signed (needs wrk).")  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(1), default=32, show_default=True, help="Keep-alive clients.")
 @click.option("--duration", type=click.IntRange(1), default=10, show_default=True, help="Seconds per row.")
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True,
@@ -115,7 +118,7 @@ def bench_command(**params) -> None:
         url=params["url"], workers=params["workers"], threads=params["threads"],
         worker_class=params["worker_class"], prefills=params["prefills"] or (0,),
         stages=params["stages"], kinds=params["kinds"], count=params["count"], spaces=params["spaces"],
-        concurrency=params["concurrency"],
+        verifiable=params["verifiable"], concurrency=params["concurrency"],
         duration=params["duration"], warmup=params["warmup"], baseline=params["baseline"], repeat=params["repeat"],
         client=params["client"],
         idle_timeout=params["idle_timeout"], output=params["output"], chart=params["chart"],

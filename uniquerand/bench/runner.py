@@ -10,6 +10,7 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from uniquerand.bench.pyclient import run_python
 from uniquerand.bench.report import write_json
 from uniquerand.bench.results import Ledger, Row, build_row, median_rows, side_by_side, with_baseline_around
 from uniquerand.bench.server import BenchError, ExternalServer, GunicornServer, Server, wait_until_idle
-from uniquerand.bench.spaces import SPREAD_LUA, create_spaces, space_targets
+from uniquerand.bench.spaces import KEYED_LUA, SPREAD_LUA, create_spaces, space_targets, verifiable_targets
 from uniquerand.bench.targets import HEALTHZ, Target, plan
 from uniquerand.bench.wrk import run_wrk
 
@@ -50,6 +51,8 @@ class BenchOptions:
     count: int | None = None
     # Named spaces made on /v5 before the rows (0: none, and no named-space rows).
     spaces: int = 0
+    # Rows of /v5's verifiable draws: a new Idempotency-Key per request, and signed batches against unsigned ones.
+    verifiable: bool = False
     concurrency: int = 32
     duration: int = 10
     # Seconds of the same load before each row's measured window, so that every worker has served the
@@ -209,6 +212,11 @@ def _run_level(
                     warnings.append("the spread named-space row needs wrk; skipped")
                     extra = [target for target in extra if not target.spread]
                 targets += extra
+            if options.verifiable and any(target.stage == "v5" for target in targets):
+                if generator != "wrk":
+                    warnings.append("the --verifiable rows need wrk (a header per request); skipped")
+                else:
+                    targets += verifiable_targets(server, on)
             for ledger_key, numbers in probed.items():
                 ledger.record(ledger_key, numbers)
             segments.append(_Segment(on, server, targets))
@@ -354,6 +362,9 @@ def _load(
         if target.spread:
             path, lua = target.path.replace("{i}", "0"), SPREAD_LUA
             env = {"BENCH_SPREAD": str(target.spread), "BENCH_SPREAD_PATH": target.path}
+        if target.variant == "keyed":
+            # A new prefix per load (warm-up, rounds): no key is ever sent twice, so nothing is a replay.
+            lua, env = KEYED_LUA, {"BENCH_KEY_PREFIX": uuid.uuid4().hex}
         url = f"http://127.0.0.1:{server.port}{path}"
         return run_wrk(
             executable, url, options.concurrency, duration, threads, options.request_timeout, bodies, lua, env

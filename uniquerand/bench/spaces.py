@@ -30,6 +30,34 @@ end
 """
 
 
+# `--verifiable`: a space of its own for the signed rows, past every bench-i space and within 2^53 (signed results
+# carry their numbers as RFC 8785 JSON numbers), and the batch size of those rows.
+SIGNED_SPACE = "bench-signed"
+SIGNED_LOW = 10**15
+SIGNED_BATCH = 100
+# Each request of a keyed row with a key of its own: the run's prefix, wrk's thread, a counter.
+KEYED_LUA = r"""
+local prefix = os.getenv("BENCH_KEY_PREFIX")
+local n = 0
+function request()
+  n = n + 1
+  return wrk.format(nil, nil, {["Idempotency-Key"] = prefix .. "-" .. id .. "-" .. n})
+end
+"""
+
+
+def verifiable_targets(server: Server, on: str) -> list[Target]:
+    """The rows of `--verifiable`: /v5/random with a new Idempotency-Key per request, and a space's batches of
+    SIGNED_BATCH unsigned, then signed (the signed row's ratio to the unsigned one is its cost)."""
+    _put(server.port, SIGNED_SPACE, {"type": "int", "min": SIGNED_LOW, "max": SIGNED_LOW + SPAN - 1})
+    batch = f"/v5/spaces/{SIGNED_SPACE}/random?count={SIGNED_BATCH}"
+    return [
+        Target("v5", "int", None, "/v5/random?type=int", on, variant="keyed"),
+        Target("v5", "int", SIGNED_BATCH, batch, on),
+        Target("v5", "int", SIGNED_BATCH, batch + "&signed=true", on, variant="signed"),
+    ]
+
+
 def space_targets(count: int, on: str) -> list[Target]:
     targets = [Target("v5", "int", None, f"/v5/spaces/{PREFIX}0/random", on)]
     if count > 1:
@@ -54,16 +82,20 @@ def create_spaces(server: Server, count: int) -> dict:
 
 
 def _create(port: int, index: int) -> None:
-    body = json.dumps({"type": "int", "min": index * SPAN, "max": (index + 1) * SPAN - 1})
+    _put(port, f"{PREFIX}{index}", {"type": "int", "min": index * SPAN, "max": (index + 1) * SPAN - 1})
+
+
+def _put(port: int, name: str, definition: dict) -> None:
+    body = json.dumps(definition)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        connection.request("PUT", f"/v5/spaces/{PREFIX}{index}", body, {"Content-Type": "application/json"})
+        connection.request("PUT", f"/v5/spaces/{name}", body, {"Content-Type": "application/json"})
         response = connection.getresponse()
         answer = response.read()
     finally:
         connection.close()
     if response.status not in (200, 201):
-        raise BenchError(f"PUT /v5/spaces/{PREFIX}{index} answered {response.status}: {answer[:300]!r}")
+        raise BenchError(f"PUT /v5/spaces/{name} answered {response.status}: {answer[:300]!r}")
 
 
 def _rss_kib(server: Server) -> list[int]:

@@ -20,6 +20,8 @@ class Target:
     server: str = ""
     # A row spread over this many named spaces: `path` holds `{i}`, which each request replaces (see spaces.py).
     spread: int = 0
+    # "keyed": each request with an Idempotency-Key of its own; "signed": the path asks for signed draws.
+    variant: str = ""
 
     @property
     def named_space(self) -> bool:
@@ -31,9 +33,11 @@ class Target:
         if self.stage == HEALTHZ:
             return f"/healthz{suffix}"
         batch = f" x{self.count}" if self.count else ""
+        variant = f" {self.variant}" if self.variant else ""
         if self.named_space:
-            return f"/{self.stage}{suffix} {self.kind} " + (f"{self.spread} spaces" if self.spread else "1 space")
-        return f"/{self.stage}{suffix} {self.kind}{batch}"
+            spaces = f"{self.spread} spaces" if self.spread else "1 space"
+            return f"/{self.stage}{suffix} {self.kind}{batch} {spaces}{variant}"
+        return f"/{self.stage}{suffix} {self.kind}{batch}{variant}"
 
     @property
     def ledger(self) -> tuple[str, str] | None:

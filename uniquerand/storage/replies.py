@@ -1,9 +1,12 @@
 """Recorded replies: what makes a draw with an `Idempotency-Key` safe to retry. The first request with a key
-claims it (a durable row, `pending`), issues, then records its answer under the claim before sending it; a
+claims it (a row, pending), issues, then records its answer under the claim before sending it; a
 later request with the same key gets that answer back and issues nothing.
 
 Why claim first, then record (two writes, both group-committed): two identical requests arriving together
-must not both issue. The claim is the PRIMARY KEY insert of (client, key): one wins, the other waits for the
+must not both issue. The claim needs no flush of its own (`claims`: committed, visible to every process and
+host, not yet durable): the record's durable commit makes every earlier write durable with it, and a claim
+lost in a power cut belonged to a request that had not answered. So a keyed draw costs one durable write.
+The claim is the PRIMARY KEY insert of (client, key): one wins, the other waits for the
 winner's answer. A claim whose owner died (kill -9 between claiming and recording) is taken over once it is
 older than `stale` seconds; the dead owner's numbers were never sent, and a slow owner that records after a
 takeover fails its record (the owner changed) and sends nothing, so a key never yields two answers.
@@ -55,12 +58,14 @@ class ReplyStore:
     """The recorded replies of one stage, in the tables `sql` names, written through a group committer built
     per process by `committer`."""
 
-    def __init__(self, sql: ReplySql, committer: Any, label: str, ttl: float, stale: float) -> None:
+    def __init__(self, sql: ReplySql, claims: Any, records: Any, label: str, ttl: float, stale: float) -> None:
+        """`claims`, `records`: per-process group committers, the first not durable, the second durable."""
         self.sql = sql
         self.label = label
         self.ttl = ttl
         self.stale = stale
-        self._committer = committer
+        self._claims_committer = claims
+        self._records_committer = records
         self._claims = 0
 
     def claim(self, client: str, key: str, fingerprint: str) -> Reply:
@@ -69,17 +74,20 @@ class ReplyStore:
         now = time.time()
         self._claims += 1
         purge = self._claims % PURGE_EVERY == 0
-        return self._committer.get().submit(lambda c: self._claim(c, client, key, fingerprint, owner, now, purge))
+        return self._claims_committer.get().submit(
+            lambda c: self._claim(c, client, key, fingerprint, owner, now, purge)
+        )
 
     def record(self, client: str, key: str, owner: str, status: int, body: bytes) -> bool:
         """Records the answer under the caller's claim; False if the claim was taken over (send nothing)."""
         sql = self.sql
         job = lambda c: c.execute(sql.record, (status, body, client, key, owner)).rowcount == 1  # noqa: E731
-        return self._committer.get().submit(job, writes_once=True)
+        return self._records_committer.get().submit(job, writes_once=True)
 
     def release(self, client: str, key: str, owner: str) -> None:
         """Drops the caller's claim: its request issued nothing, so a retry must be free to issue."""
-        self._committer.get().submit(lambda c: c.execute(self.sql.release, (client, key, owner)), writes_once=True)
+        job = lambda c: c.execute(self.sql.release, (client, key, owner))  # noqa: E731
+        self._claims_committer.get().submit(job, writes_once=True)
 
     def _claim(self, c: Any, client: str, key: str, fingerprint: str, owner: str, now: float, purge: bool) -> Reply:
         sql = self.sql

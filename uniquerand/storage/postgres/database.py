@@ -89,8 +89,8 @@ class Database:
                     then(connection)
             state.done.add(label)
 
-    def target(self, name: str, label: str) -> PostgresTarget:
-        return PostgresTarget(name, self, label)
+    def target(self, name: str, label: str, durable: bool = True) -> PostgresTarget:
+        return PostgresTarget(name, self, label, durable)
 
     def check(self, label: str) -> None:
         """Raises unless a connection answers now (readiness). The answer is kept for a second: the stages of a
@@ -253,9 +253,12 @@ class PostgresTarget:
     """The database as a `GroupCommitter` writes it: each group's transaction on a pooled connection. The
     server orders concurrent writers itself (row locks, PRIMARY KEY checks), so there is no lock to take."""
 
-    def __init__(self, name: str, database: Database, label: str) -> None:
+    def __init__(self, name: str, database: Database, label: str, durable: bool = True) -> None:
         self.name = name
         self.label = label
+        # False: COMMIT returns before the WAL is flushed (a write that a later durable commit makes durable with
+        # it, such as a claim that matters only once its answer is recorded).
+        self.durable = durable
         self.faults = faults()
         self._database = database
 
@@ -267,6 +270,8 @@ class PostgresTarget:
             raise self.translate(err) from err
         try:
             connection.execute("BEGIN")
+            if not self.durable:
+                connection.execute("SET LOCAL synchronous_commit TO off")
         except Exception as err:
             pool.putconn(connection)
             raise self.translate(err) from err

@@ -55,9 +55,12 @@ def _index(connection) -> None:
 def postgres_replies(database: Database, label: str, lock_timeout: float, ttl: float, stale: float) -> ReplyStore:
     set_up_label = f"{label} replies"
 
-    def committer():
-        database.set_up(set_up_label, SCHEMA, {}, then=_index)
-        # psycopg waits cooperatively under gevent: the writer needs no OS thread of its own.
-        return new_committer(database.target(TABLE, label), lock_timeout, label, offload=False)
+    def committer(durable: bool):
+        def build():
+            database.set_up(set_up_label, SCHEMA, {}, then=_index)
+            # psycopg waits cooperatively under gevent: the writer needs no OS thread of its own.
+            return new_committer(database.target(TABLE, label, durable), lock_timeout, label, offload=False)
 
-    return ReplyStore(PostgresReplySql(), runtime.PerProcess(committer), label, ttl, stale)
+        return runtime.PerProcess(build)
+
+    return ReplyStore(PostgresReplySql(), committer(False), committer(True), label, ttl, stale)

@@ -46,9 +46,16 @@ def sqlite_replies(folder: Path, label: str, lock_timeout: float, ttl: float, st
     def prepare(connection: sqlite3.Connection) -> None:
         connection.executescript(SCHEMA)
 
-    def committer():
-        opener = lambda: open_published(path, lock_timeout, prepare, label)  # noqa: E731
-        target = SqliteTarget(FILE_NAME, opener, path.with_name(FILE_NAME + ".lock"), label)
-        return new_committer(target, lock_timeout, label, offload=True)
+    def committer(durable: bool):
+        def opener() -> sqlite3.Connection:
+            connection = open_published(path, lock_timeout, prepare, label)
+            if not durable:
+                # WAL's NORMAL: committed and visible at once, flushed with the next FULL commit (see replies.py).
+                connection.execute("PRAGMA synchronous=NORMAL")
+            return connection
 
-    return ReplyStore(SqliteReplySql(), runtime.PerProcess(committer), label, ttl, stale)
+        # One lock file for both: their transactions take turns like any two writers of the file.
+        target = SqliteTarget(FILE_NAME, opener, path.with_name(FILE_NAME + ".lock"), label)
+        return runtime.PerProcess(lambda: new_committer(target, lock_timeout, label, offload=True))
+
+    return ReplyStore(SqliteReplySql(), committer(False), committer(True), label, ttl, stale)
