@@ -173,3 +173,25 @@ def test_with_tokens_a_draw_is_fetched_with_the_space_s_scope_and_the_key_set_is
     assert raw_get(server.port, "/v5/spaces/raffle/draws/1")[0] == 401
     status, keys, _ = raw_get(server.port, "/v5/signing-keys")
     assert status == 200 and json.loads(body)["key_id"] in keys.decode()
+
+
+def test_the_docs_ten_line_check_verifies_a_real_result(make_server, tmp_path):
+    """docs/verifiable-draws.md's plain-Python check, run as written, on a result from a real server."""
+    text = (REPO / "docs" / "verifiable-draws.md").read_text()
+    snippet = text.split("<!-- verify-snippet -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(snippet.strip().splitlines()) <= 10
+    (tmp_path / "check.py").write_text(snippet)
+    server = make_server(workers=1)
+    put_json(server.port, "/v5/spaces/public", {"type": "int", "min": 1, "max": 500})
+    (tmp_path / "draw.json").write_bytes(signed(server.port, "public", count=2))
+    url = f"http://127.0.0.1:{server.port}"
+    checked = subprocess.run(
+        [sys.executable, "check.py", "draw.json", url], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0 and checked.stdout.startswith("valid: draw 1 of public"), checked
+    tampered = json.loads((tmp_path / "draw.json").read_text()) | {"serial": 7}
+    (tmp_path / "draw.json").write_text(json.dumps(tampered))
+    checked = subprocess.run(
+        [sys.executable, "check.py", "draw.json", url], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode != 0 and "InvalidSignature" in checked.stderr
