@@ -126,14 +126,14 @@ def test_kill_9_after_recording_the_retry_replays_the_recorded_answer(make_serve
 
 
 def test_a_claim_whose_worker_died_before_recording_is_taken_over(make_server):
-    # LOCK_TIMEOUT 0.5: a claim counts as abandoned after 1.5 s.
+    # LOCK_TIMEOUT 0.5: a claim counts as abandoned after 3 s.
     server = make_server(workers=2, env={**SETTINGS, "UNIQUERAND_LOCK_TIMEOUT": "0.5"}, app="tests.crash_app:app")
     new_space(server.port, "orphan", size=20)
     with contextlib.suppress(http.client.HTTPException, OSError):
         raw_get(server.port, "/v5/spaces/orphan/random?count=3", "die-before-record-1")
     status, body, headers = raw_get(server.port, "/v5/spaces/orphan/random?count=3", "die-before-record-1")
     assert status == 409 and b"request_in_progress" in body and headers["retry-after"] == "1"
-    time.sleep(1.6)
+    time.sleep(3.2)
     status, taken, headers = raw_get(server.port, "/v5/spaces/orphan/random?count=3", "die-before-record-1")
     assert status == 200 and "idempotent-replayed" not in headers
     status, body, headers = raw_get(server.port, "/v5/spaces/orphan/random?count=3", "die-before-record-1")

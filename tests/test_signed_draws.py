@@ -195,3 +195,15 @@ def test_the_docs_ten_line_check_verifies_a_real_result(make_server, tmp_path):
         [sys.executable, "check.py", "draw.json", url], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert checked.returncode != 0 and "InvalidSignature" in checked.stderr
+
+
+def test_reading_the_key_set_makes_no_key_and_an_unreadable_input_checks_nothing(make_server, instance_path, tmp_path):
+    server = make_server(workers=1)
+    status, body, _ = raw_get(server.port, "/v5/signing-keys")
+    assert (status, json.loads(body)) == (200, {"keys": []})
+    assert not (instance_path / "v5" / "signing-key.json").exists()
+    (tmp_path / "keys.json").write_text("not json")
+    checked = flask_cli(instance_path, "verify", "-", "--keys", str(tmp_path / "keys.json"), stdin=b"{}")
+    assert checked.returncode == 2 and b"cannot be read" in checked.stderr, checked
+    checked = flask_cli(instance_path, "verify", "-", "--keys", str(tmp_path / "keys.json"), stdin=b"[")
+    assert checked.returncode == 2 and b"not JSON" in checked.stderr, checked

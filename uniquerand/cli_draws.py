@@ -17,6 +17,12 @@ from uniquerand.signing import KeyFile, SigningKeyError, verify
 KEY_SET_PATH = "/v5/signing-keys"
 
 
+class UnreadableError(click.ClickException):
+    """Exit status 2: nothing was checked (1 is kept for an invalid result)."""
+
+    exit_code = 2
+
+
 @click.group("signing-key")
 def signing_key_command() -> None:
     """The Ed25519 key that signs /v5's signed draws (SIGNING_KEY_FILE)."""
@@ -49,7 +55,7 @@ def verify_command(result, keys: str) -> None:
     try:
         document = json.loads(result.read())
     except ValueError as err:
-        raise click.ClickException(f"the result is not JSON: {err}") from None
+        raise UnreadableError(f"the result is not JSON: {err}") from None
     key_set = _key_set(keys)
     try:
         click.echo(verify(document, key_set))
@@ -67,4 +73,4 @@ def _key_set(source: str) -> object:
                 return json.loads(response.read())
         return json.loads(Path(source).read_text())
     except (OSError, ValueError) as err:
-        raise click.ClickException(f"the key set {source!r} cannot be read: {err}") from None
+        raise UnreadableError(f"the key set {source!r} cannot be read: {err}") from None

@@ -87,8 +87,11 @@ class KeyFile:
         return self._current
 
     def public_keys(self) -> list[dict[str, str]]:
-        """The current key's JWK first, then every retired one's."""
-        current = self.current()
+        """The current key's JWK first, then every retired one's; none before the file exists (reading the key
+        set makes no key: a host that has not been given its copy yet must not make one of its own)."""
+        if not self.path.exists():
+            return []
+        current = self.current(create=False)
         return [current.jwk, *self._retired]
 
     def rotate(self) -> tuple[str, str]:

@@ -149,8 +149,9 @@ def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
 
 def _reply_times(config: dict) -> tuple[float, float]:
     """How long an answer is kept, and how old a claim must be before a retry takes it over: older than any
-    request that claims, issues and records, each write waiting LOCK_TIMEOUT at most."""
-    return float(config["IDEMPOTENCY_TTL"]), 3 * config["LOCK_TIMEOUT"]
+    request that claims, issues and records, each of its waits LOCK_TIMEOUT at most (a signed draw's five:
+    the claim, a lease, the key's publication, the draw's record, the answer's record)."""
+    return float(config["IDEMPOTENCY_TTL"]), 6 * config["LOCK_TIMEOUT"]
 
 
 def _named_spaces(settings: StoreSettings, catalog: SpaceCatalog, config: dict) -> NamedSpaces:

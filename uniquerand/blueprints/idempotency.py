@@ -15,7 +15,7 @@ from werkzeug.exceptions import Conflict, UnprocessableEntity
 from uniquerand.blueprints.common import JSON_MIMETYPE
 from uniquerand.errors import InvalidParameterError
 from uniquerand.logs import event
-from uniquerand.storage.contract import StoreError
+from uniquerand.storage.contract import StoreBusyError, StoreError, StoreUnavailableError
 from uniquerand.storage.replies import ReplyStore
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,12 @@ def answered_once(replies: ReplyStore, key: str, answer: Callable[[], object]):
         time.sleep(POLL_EVERY)
     try:
         response = current_app.make_response(answer())
+    except (StoreBusyError, StoreUnavailableError):
+        # A write that may have landed (a signed draw kept under its serial, say): the claim stays, so a retry
+        # waits for it to go stale instead of issuing at once.
+        raise
     except BaseException:
-        # Nothing was sent: a retry issues anew. (If releasing fails too, the claim is taken over later.)
+        # Nothing was issued: a retry issues anew. (If releasing fails too, the claim is taken over later.)
         _release(replies, client, key, reply.owner)
         raise
     if response.status_code != 200:
