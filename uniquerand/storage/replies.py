@@ -45,10 +45,10 @@ class Reply:
 class ReplySql(Protocol):
     """A backend's statements (placeholders in its own style) and how its rows read."""
 
-    delete_expired_key: str  # (client, key, now)
-    insert: str  # (client, key, fingerprint, owner, claimed, expires)
+    # (client, key, fingerprint, owner, claimed, expires, stale) -> owner: a new row, or one that expired or
+    # whose claim went stale (`stale` seconds old, same request, no answer) claimed anew; nothing otherwise.
+    claim: str
     select: str  # (client, key) -> fingerprint, owner, claimed, status, body
-    take_over: str  # (owner, claimed, expires, client, key, old owner)
     record: str  # (status, body, client, key, owner)
     release: str  # (client, key, owner)
     purge: str  # (now, limit)
@@ -74,8 +74,9 @@ class ReplyStore:
         now = time.time()
         self._claims += 1
         purge = self._claims % PURGE_EVERY == 0
+        # One write, the first statement (the typical claim needs no savepoint); a purge's needs one.
         return self._claims_committer.get().submit(
-            lambda c: self._claim(c, client, key, fingerprint, owner, now, purge)
+            lambda c: self._claim(c, client, key, fingerprint, owner, now, purge), writes_once=not purge
         )
 
     def record(self, client: str, key: str, owner: str, status: int, body: bytes) -> bool:
@@ -93,17 +94,13 @@ class ReplyStore:
         sql = self.sql
         if purge:
             c.execute(sql.purge, (now, PURGE_BATCH))
-        c.execute(sql.delete_expired_key, (client, key, now))
-        if c.execute(sql.insert, (client, key, fingerprint, owner, now, now + self.ttl)).rowcount == 1:
+        args = (client, key, fingerprint, owner, now, now + self.ttl, self.stale)
+        if c.execute(sql.claim, args).fetchone() is not None:
             return Reply(True, owner)
         row = c.execute(sql.select, (client, key)).fetchone()
-        if row is None:  # released or purged since the insert: pending to the caller, who asks again
+        if row is None:  # released or purged since: pending to the caller, who asks again
             return Reply(False, fingerprint=fingerprint)
-        found, old_owner, claimed, status, body = row
-        if body is None and found == fingerprint and now - claimed > self.stale:
-            args = (owner, now, now + self.ttl, client, key, old_owner)
-            if c.execute(sql.take_over, args).rowcount == 1:
-                return Reply(True, owner)
+        found, _, _, status, body = row
         return Reply(False, fingerprint=found, status=status or 0, body=None if body is None else bytes(body))
 
 

@@ -28,16 +28,16 @@ EXPIRES_INDEX = f"{TABLE}_expires"
 
 
 class PostgresReplySql:
-    delete_expired_key = f"DELETE FROM {TABLE} WHERE client = %s AND key = %s AND expires <= %s"
-    insert = (
-        f"INSERT INTO {TABLE} (client, key, fingerprint, owner, claimed, expires) VALUES (%s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT DO NOTHING"
+    claim = (
+        f"INSERT INTO {TABLE} AS r (client, key, fingerprint, owner, claimed, expires) "
+        "VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (client, key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, "
+        "claimed = excluded.claimed, expires = excluded.expires, status = NULL, body = NULL "
+        "WHERE r.expires <= excluded.claimed OR (r.body IS NULL "
+        "AND r.fingerprint = excluded.fingerprint AND r.claimed < excluded.claimed - %s) "
+        "RETURNING owner"
     )
     select = f"SELECT fingerprint, owner, claimed, status, body FROM {TABLE} WHERE client = %s AND key = %s"
-    take_over = (
-        f"UPDATE {TABLE} SET owner = %s, claimed = %s, expires = %s WHERE client = %s AND key = %s AND owner = %s "
-        "AND body IS NULL"
-    )
     record = f"UPDATE {TABLE} SET status = %s, body = %s WHERE client = %s AND key = %s AND owner = %s AND body IS NULL"
     release = f"DELETE FROM {TABLE} WHERE client = %s AND key = %s AND owner = %s AND body IS NULL"
     purge = (

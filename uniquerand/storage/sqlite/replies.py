@@ -22,16 +22,15 @@ CREATE INDEX IF NOT EXISTS replies_expires ON replies (expires);
 
 
 class SqliteReplySql:
-    delete_expired_key = "DELETE FROM replies WHERE client = ? AND key = ? AND expires <= ?"
-    insert = (
+    claim = (
         "INSERT INTO replies (client, key, fingerprint, owner, claimed, expires) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT DO NOTHING"
+        "ON CONFLICT (client, key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, "
+        "claimed = excluded.claimed, expires = excluded.expires, status = NULL, body = NULL "
+        "WHERE replies.expires <= excluded.claimed OR (replies.body IS NULL "
+        "AND replies.fingerprint = excluded.fingerprint AND replies.claimed < excluded.claimed - ?) "
+        "RETURNING owner"
     )
     select = "SELECT fingerprint, owner, claimed, status, body FROM replies WHERE client = ? AND key = ?"
-    take_over = (
-        "UPDATE replies SET owner = ?, claimed = ?, expires = ? WHERE client = ? AND key = ? AND owner = ? "
-        "AND body IS NULL"
-    )
     record = "UPDATE replies SET status = ?, body = ? WHERE client = ? AND key = ? AND owner = ? AND body IS NULL"
     release = "DELETE FROM replies WHERE client = ? AND key = ? AND owner = ? AND body IS NULL"
     purge = (
