@@ -1,13 +1,17 @@
 """The app of wsgi.py, whose worker kills itself (SIGKILL) at a chosen instant of a draw with an Idempotency-Key:
 before its answer is recorded (key `die-before-record...`, the first request with the key only: a marker file
 in the instance folder says it died once) or after it is recorded and before it is sent (`die-after-record...`).
+Also a draw from the space `busy-once` that issues, then fails as a store that timed out (503 store_busy), the
+first time only: a write whose outcome is unknown.
 For the fault tests of tests/test_idempotency.py: `gunicorn tests.crash_app:app`."""
 
 import os
 import signal
 from pathlib import Path
 
+from uniquerand.storage.contract import StoreBusyError
 from uniquerand.storage.replies import ReplyStore
+from uniquerand.storage.spaces import NamedSpaces
 from wsgi import app
 
 _record = ReplyStore.record
@@ -25,5 +29,18 @@ def _record_then_maybe_die(self, client, key, owner, status, body):
     return recorded
 
 
+_issue = NamedSpaces.issue
+
+
+def _issue_then_maybe_time_out(self, name, count=1):
+    answer = _issue(self, name, count)
+    marker = Path(app.config["INSTANCE_PATH"]) / "timed-out-once"
+    if name == "busy-once" and not marker.exists():
+        marker.touch()
+        raise StoreBusyError.of("v5")
+    return answer
+
+
 ReplyStore.record = _record_then_maybe_die
+NamedSpaces.issue = _issue_then_maybe_time_out
 __all__ = ["app"]

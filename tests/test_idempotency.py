@@ -140,6 +140,20 @@ def test_a_claim_whose_worker_died_before_recording_is_taken_over(make_server):
     assert (status, body, headers["idempotent-replayed"]) == (200, taken, "true")
 
 
+def test_a_write_of_unknown_outcome_keeps_the_claim_so_a_retry_waits_instead_of_issuing(make_server):
+    server = make_server(workers=2, env={**SETTINGS, "UNIQUERAND_LOCK_TIMEOUT": "0.5"}, app="tests.crash_app:app")
+    new_space(server.port, "busy-once", size=20)
+    status, body, headers = raw_get(server.port, "/v5/spaces/busy-once/random?count=2", "unknown-1")
+    assert status == 503 and b"store_busy" in body and "retry-after" in headers
+    # Had its write landed (a signed draw kept under a serial), issuing at once would make a second one.
+    status, body, headers = raw_get(server.port, "/v5/spaces/busy-once/random?count=2", "unknown-1")
+    assert status == 409 and b"request_in_progress" in body and headers["retry-after"] == "1"
+    time.sleep(3.2)
+    status, taken, headers = raw_get(server.port, "/v5/spaces/busy-once/random?count=2", "unknown-1")
+    assert status == 200 and "idempotent-replayed" not in headers
+    assert raw_get(server.port, "/v5/spaces/busy-once/random?count=2", "unknown-1")[1] == taken
+
+
 def test_expired_answers_issue_anew_and_are_purged(make_server, instance_path):
     server = make_server(workers=1, env={**SETTINGS, "UNIQUERAND_IDEMPOTENCY_TTL": "1"})
     first = raw_get(server.port, "/v5/random?count=2", "short")[1]
