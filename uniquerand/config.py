@@ -150,8 +150,9 @@ def validate(config: dict) -> None:
     _validate_v4(config)
     _validate_database(config)
     _validate_tokens(config)
-    path = str(config["SIGNING_KEY_FILE"] or "").strip() or "v5/signing-key.json"
-    config["SIGNING_KEY_FILE"] = os.path.abspath(Path(config["INSTANCE_PATH"]) / Path(path).expanduser())
+    config["SIGNING_KEY_FILE"] = _in_instance(
+        config, str(config["SIGNING_KEY_FILE"] or "").strip() or "v5/signing-key.json"
+    )
 
 
 def _validate_v4(config: dict) -> None:
@@ -179,12 +180,17 @@ def _validate_database(config: dict) -> None:
         )
 
 
+def _in_instance(config: dict, path: str) -> str:
+    """`path`, relative to INSTANCE_PATH unless absolute. Symlinks are not resolved: the server follows one on
+    every read (a secret swapped under it)."""
+    return os.path.abspath(Path(config["INSTANCE_PATH"]) / Path(path).expanduser())
+
+
 def _validate_tokens(config: dict) -> None:
     path = str(config["TOKENS_FILE"] or "").strip()
     if path:
         # Beside the data by default, so that `flask tokens` and the server agree wherever they were started.
-        # Symlinks are not resolved here: the server follows one on every read (a secret swapped under it).
-        path = os.path.abspath(Path(config["INSTANCE_PATH"]) / Path(path).expanduser())
+        path = _in_instance(config, path)
     config["TOKENS_FILE"] = path
     config["METRICS_REQUIRE_TOKEN"] = _boolean(config, "METRICS_REQUIRE_TOKEN")
     if config["METRICS_REQUIRE_TOKEN"] and not path:

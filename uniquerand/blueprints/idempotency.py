@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
-# How often a request polls for the answer of an identical one in progress.
-POLL_EVERY = 0.02
+# How often a request polls for the answer of an identical one in progress: each poll is a claim (a write),
+# so the wait grows from the first to the last, lest the waiters crowd out the writes they wait for.
+POLL_FIRST, POLL_LONGEST = 0.02, 0.25
 
 
 class KeyReusedError(UnprocessableEntity):
@@ -70,7 +71,7 @@ def answered_once(replies: ReplyStore, key: str, answer: Callable[[], object]):
     client = g.get("client_name", "")
     # The request is its path and query, as sent: a retry is the same request byte for byte.
     fingerprint = hashlib.sha256(request.full_path.encode("utf-8", "surrogateescape")).hexdigest()
-    deadline = time.monotonic() + current_app.config["LOCK_TIMEOUT"]
+    deadline, wait = time.monotonic() + current_app.config["LOCK_TIMEOUT"], POLL_FIRST
     while True:
         reply = replies.claim(client, key, fingerprint)
         if reply.claimed:
@@ -83,7 +84,8 @@ def answered_once(replies: ReplyStore, key: str, answer: Callable[[], object]):
             return response
         if time.monotonic() >= deadline:
             raise InProgressError()
-        time.sleep(POLL_EVERY)
+        time.sleep(wait)
+        wait = min(POLL_LONGEST, wait * 2)
     try:
         response = current_app.make_response(answer())
     except (StoreBusyError, StoreUnavailableError):

@@ -89,7 +89,8 @@ def spaces_blueprint(
         return numbers_response(space, issued.codes, count)
 
     def signed_draw(name: str, count: int):
-        record = spaces.get(name)
+        # Checked before anything is issued; from the cache the draw itself uses (no read per draw).
+        record = spaces.record(name)
         low, high = _bounds(record.space)
         if record.space.kind == "int" and max(abs(low), abs(high)) > SAFE_INTEGER:
             raise InvalidParameterError(

@@ -166,6 +166,10 @@ class NamedSpaces:
     def page(self, after: str, limit: int) -> list[SpaceRecord]:
         return self.catalog.page(after, min(limit, PAGE_LIMIT))
 
+    def record(self, name: str) -> SpaceRecord:
+        """The space's record as a draw from it sees it: from this process's cache, read once."""
+        return self._served(name)[0]
+
     def issue(self, name: str, count: int = 1) -> tuple[NumberSpace, Issued]:
         record, store = self._served(name)
         return record.space, store.issue(record.space.kind, count)
