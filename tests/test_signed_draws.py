@@ -60,6 +60,17 @@ def test_serials_have_no_gap_across_workers_and_each_draw_is_kept_byte_for_byte(
     assert get(server.port, "/v5/spaces/nope/draws/1")[1]["code"] == "space_not_found"
 
 
+def test_draws_of_two_spaces_in_one_group_each_count_their_own_serials(make_server):
+    # One worker, twelve at once: each group of the writer holds draws of both spaces.
+    server = make_server(workers=1)
+    for name in ("red", "blue"):
+        assert put_json(server.port, f"/v5/spaces/{name}", {"type": "int", "min": 1, "max": 2000})[0] == 201
+    with ThreadPoolExecutor(12) as pool:
+        results = [json.loads(b) for b in pool.map(lambda name: signed(server.port, name), ["red", "blue"] * 24)]
+    for name in ("red", "blue"):
+        assert sorted(r["serial"] for r in results if r["space"] == name) == list(range(1, 25))
+
+
 def test_flask_verify_accepts_a_result_and_says_what_failed_in_a_tampered_one(make_server, instance_path, tmp_path):
     server = make_server(workers=2)
     put_json(server.port, "/v5/spaces/odds", {"type": "float", "min": 0, "max": 1, "decimals": 3})

@@ -30,9 +30,9 @@ SCHEMA = [
 
 
 class PostgresDrawSql:
-    next_serial = (
-        "INSERT INTO uniquerand_v5_draw_serials (space, last) VALUES (%s, 1) ON CONFLICT (space) "
-        "DO UPDATE SET last = uniquerand_v5_draw_serials.last + 1 RETURNING last"
+    next_serials = (
+        "INSERT INTO uniquerand_v5_draw_serials (space, last) VALUES (%s, %s) ON CONFLICT (space) "
+        "DO UPDATE SET last = uniquerand_v5_draw_serials.last + excluded.last RETURNING last"
     )
     insert = "INSERT INTO uniquerand_v5_draws (space, serial, body) VALUES (%s, %s, %s)"
     select = "SELECT body FROM uniquerand_v5_draws WHERE space = %s AND serial = %s"

@@ -23,8 +23,8 @@ CREATE TABLE IF NOT EXISTS signing_keys (kid TEXT PRIMARY KEY, jwk TEXT NOT NULL
 
 
 class SqliteDrawSql:
-    next_serial = (
-        "INSERT INTO serials (space, last) VALUES (?, 1) ON CONFLICT (space) DO UPDATE SET last = last + 1 "
+    next_serials = (
+        "INSERT INTO serials (space, last) VALUES (?, ?) ON CONFLICT (space) DO UPDATE SET last = last + excluded.last "
         "RETURNING last"
     )
     insert = "INSERT INTO draws (space, serial, body) VALUES (?, ?, ?)"

@@ -1,0 +1,72 @@
+"""The group committer's batched jobs on a real SQLite file: what lands in one group runs as one call, and a
+batch that fails undoes its own writes only."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from uniquerand.storage.contract import StoreBusyError, StoreError
+from uniquerand.storage.group_commit import GroupCommitter
+from uniquerand.storage.sqlite.common import SqliteTarget, open_published
+
+
+def _committer(tmp_path):
+    path = tmp_path / "t.db"
+
+    def opener() -> sqlite3.Connection:
+        return open_published(path, 5.0, lambda c: c.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER PRIMARY KEY)"), "t")
+
+    target = SqliteTarget("t.db", opener, tmp_path / "t.db.lock", "t")
+    return GroupCommitter([target], 5.0, lambda: StoreBusyError.of("t"), offload=False), opener
+
+
+def test_items_of_one_group_run_as_one_call_and_each_gets_its_own_value(tmp_path):
+    committer, opener = _committer(tmp_path)
+    calls: list[list[int]] = []
+    gate = threading.Event()
+
+    def insert_all(connection, items):
+        calls.append(list(items))
+        connection.cursor().executemany("INSERT INTO t (v) VALUES (?)", [(item,) for item in items])
+        return [item * 10 for item in items]
+
+    # The first job holds the writer until every other item is queued, so they land in one group.
+    blocker = threading.Thread(target=committer.submit, args=(lambda c: gate.wait(5),))
+    blocker.start()
+    values: dict[int, int] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: values.__setitem__(i, committer.submit_batched(insert_all, i)))
+        for i in range(20)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while committer._queue.qsize() < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for thread in (blocker, *threads):
+        thread.join(10)
+    assert values == {i: i * 10 for i in range(20)}
+    assert sorted(map(len, calls)) == [20]
+    with opener() as connection:
+        assert sorted(v for (v,) in connection.execute("SELECT v FROM t")) == list(range(20))
+
+
+def test_a_failing_batch_fails_all_its_items_and_writes_nothing_while_other_jobs_commit(tmp_path):
+    committer, opener = _committer(tmp_path)
+    committer.submit(lambda c: c.execute("INSERT INTO t (v) VALUES (1)"))
+
+    def insert_then_collide(connection, items):
+        connection.execute("INSERT INTO t (v) VALUES (2)")
+        connection.execute("INSERT INTO t (v) VALUES (1)")  # PRIMARY KEY: the batch fails after a write
+        return items
+
+    with pytest.raises(StoreError):
+        committer.submit_batched(insert_then_collide, "x")
+    committer.submit(lambda c: c.execute("INSERT INTO t (v) VALUES (3)"))
+    with opener() as connection:
+        assert sorted(v for (v,) in connection.execute("SELECT v FROM t")) == [1, 3]
