@@ -17,8 +17,11 @@ from uniquerand.storage.sqlite.common import SqliteTarget, open_published
 def _committer(tmp_path):
     path = tmp_path / "t.db"
 
+    def prepare(connection: sqlite3.Connection) -> None:
+        connection.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER PRIMARY KEY)")
+
     def opener() -> sqlite3.Connection:
-        return open_published(path, 5.0, lambda c: c.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER PRIMARY KEY)"), "t")
+        return open_published(path, 5.0, prepare, "t")
 
     target = SqliteTarget("t.db", opener, tmp_path / "t.db.lock", "t")
     return GroupCommitter([target], 5.0, lambda: StoreBusyError.of("t"), offload=False), opener
