@@ -95,3 +95,28 @@ def test_float_bounds_on_the_grid(make_app):
 def test_creating_the_app_touches_no_file(make_app, instance_path):
     make_app()
     assert not instance_path.exists()
+
+
+def test_an_unknown_uniquerand_variable_stops_the_start_naming_it_and_the_nearest_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNIQUERAND_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("UNIQUERAND_INT_MAXX", "20")
+    with pytest.raises(
+        ConfigError, match=r"UNIQUERAND_INT_MAXX is not a uniquerand setting\. Did you mean UNIQUERAND_INT_MAX\?"
+    ):
+        create_app()
+    monkeypatch.delenv("UNIQUERAND_INT_MAXX")
+    # gunicorn.conf.py's settings are known too.
+    for name in ("UNIQUERAND_BIND", "UNIQUERAND_WORKERS", "UNIQUERAND_WORKER_CLASS", "UNIQUERAND_THREADS"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("UNIQUERAND_NOTHING_LIKE_IT", "1")
+    with pytest.raises(ConfigError, match=r"UNIQUERAND_NOTHING_LIKE_IT is not a uniquerand setting\. The settings"):
+        create_app()
+
+
+def test_an_sqlite_without_returning_is_refused_naming_its_version():
+    from uniquerand.config import check_sqlite
+
+    with pytest.raises(ConfigError, match=r"SQLite 3\.34\.1; uniquerand needs 3\.35\.0 or newer"):
+        check_sqlite("3.34.1")
+    check_sqlite("3.35.0")
+    check_sqlite("3.40.1")

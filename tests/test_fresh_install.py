@@ -132,6 +132,19 @@ def test_flask_bench_help_from_the_venvs_the_readme_names(request, venv):
     assert "--stages" in result.stdout
 
 
+def test_flask_bench_from_a_venv_of_requirements_txt_runs_without_the_chart(server_bin, tmp_path):
+    # The README sends users of `scripts/serve`'s venv to `flask bench`: it has no matplotlib, so no chart.
+    env = clean_environment(UNIQUERAND_INSTANCE_PATH=str(tmp_path / "instance"))
+    command = [server_bin / "flask", "bench", "--stages", "v1", "--types", "int", "--duration", "1", "--warmup", "0",
+               "--client", "python", "--concurrency", "2", "--output", tmp_path / "out"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no chart: matplotlib is not installed" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "/v1 int" in result.stdout and list((tmp_path / "out").glob("bench-*.json"))
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
 def test_the_bench_venv_draws_the_chart(bench_bin, tmp_path):
     # The one thing requirements-bench.txt adds: matplotlib for the PNG chart.
     code = "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"

@@ -11,7 +11,7 @@ def assert_not_ready(response, stages: set[str]) -> dict:
     assert response.headers["Retry-After"] == "1"
     body = response.get_json()
     assert body["code"] == "not_ready"
-    assert set(body["stages"]) == stages
+    assert set(body["stages"]) == set(body["codes"]) == stages
     assert all(f"/{stage}" in body["error"] for stage in stages)
     return body
 
@@ -40,7 +40,26 @@ def test_a_damaged_store_makes_its_stage_not_ready(client, instance_path):
 def test_a_v5_key_that_is_not_the_database_s_makes_v5_not_ready(make_app, instance_path):
     assert make_app().test_client().get("/v5/random").status_code == 200
     (instance_path / "v5" / "key").write_bytes(bytes(32))
-    assert_not_ready(make_app().test_client().get("/readyz"), {"v5"})
+    body = assert_not_ready(make_app().test_client().get("/readyz"), {"v5"})
+    assert body["codes"] == {"v5": "store_key_invalid"}
+
+
+def test_a_host_of_a_database_without_its_v5_key_is_not_ready_and_one_given_the_key_file_is(
+    make_app, database_url, tmp_path
+):
+    first = make_app(DATABASE_URL=database_url, V5_KEY_FILE=str(tmp_path / "secrets" / "v5-key"))
+    assert first.test_client().get("/v5/random").status_code == 200
+    assert (tmp_path / "secrets" / "v5-key").stat().st_mode & 0o777 == 0o600
+    other = tmp_path / "other-host"
+    stranger = make_app(DATABASE_URL=database_url, INSTANCE_PATH=str(other), V5_KEY_FILE=str(tmp_path / "none"))
+    body = assert_not_ready(stranger.test_client().get("/readyz"), {"v5"})
+    assert body["codes"] == {"v5": "store_key_invalid"}
+    assert "UNIQUERAND_V5_KEY_FILE" in body["stages"]["v5"]
+    assert stranger.test_client().get("/v5/random").get_json()["code"] == "store_key_invalid"
+    mounted = make_app(
+        DATABASE_URL=database_url, INSTANCE_PATH=str(other), V5_KEY_FILE=str(tmp_path / "secrets" / "v5-key")
+    )
+    assert mounted.test_client().get("/readyz").status_code == 200
 
 
 def test_a_database_out_of_reach_makes_its_stages_not_ready_in_time(make_app):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from uniquerand.metrics import Metrics
     from uniquerand.stages import build_stages
 
+    settings.check_sqlite()
+    settings.check_environment(os.environ)
     app = Flask(__name__)
     app.config.from_mapping(settings.DEFAULTS, INSTANCE_PATH=app.instance_path)
     app.config.from_prefixed_env("UNIQUERAND")

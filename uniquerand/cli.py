@@ -3,6 +3,7 @@ and `flask verify`): thin click wrappers over plain functions."""
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -114,6 +115,10 @@ def bench_command(**params) -> None:
         raise click.BadParameter("must be int, float or int,float", param_hint="--types")
     if any(level < 0 for level in params["prefills"]):
         raise click.BadParameter("must be 0 or more", param_hint="--prefill")
+    if params["chart"] and importlib.util.find_spec("matplotlib") is None:
+        # requirements.txt (what scripts/serve installs) has no matplotlib: the run goes on without the chart.
+        click.secho("no chart: matplotlib is not installed (pip install -r requirements-bench.txt draws it).", err=True)
+        params["chart"] = False
     options = BenchOptions(
         url=params["url"], workers=params["workers"], threads=params["threads"],
         worker_class=params["worker_class"], prefills=params["prefills"] or (0,),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import sqlite3
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,15 @@ DEFAULTS: dict[str, Any] = {
     # The Ed25519 key file that signs /v5's signed draws (relative to INSTANCE_PATH); made at first use. Empty:
     # v5/signing-key.json. Every host of one database needs a copy of the same file.
     "SIGNING_KEY_FILE": "",
+    # /v5's key file (relative to INSTANCE_PATH); made at first use. Empty: v5/key. A path lets hosts mount
+    # the one key every host of a database must share from a secret store.
+    "V5_KEY_FILE": "",
 }
+PREFIX = "UNIQUERAND_"
+# Read by gunicorn.conf.py, not by the app.
+SERVER_SETTINGS = ("BIND", "WORKERS", "WORKER_CLASS", "THREADS")
+# RETURNING (3.35) is what /v3, /v4 and /v5 claim and lease with.
+SQLITE_MINIMUM = (3, 35, 0)
 
 
 class ConfigError(ValueError):
@@ -108,6 +119,28 @@ def _boolean(config: dict, key: str) -> bool:
     raise ConfigError(f"{key} must be true or false, got {value!r}.")
 
 
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuses an `UNIQUERAND_*` variable that names no setting (a typo would otherwise be ignored, and the
+    server run on a default the operator meant to change), naming the nearest known one."""
+    known = [*DEFAULTS, "INSTANCE_PATH", *SERVER_SETTINGS]
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and name[len(PREFIX) :] not in known:
+            nearest = difflib.get_close_matches(name[len(PREFIX) :], known, n=1)
+            hint = f" Did you mean {PREFIX}{nearest[0]}?" if nearest else ""
+            raise ConfigError(f"{name} is not a uniquerand setting.{hint} The settings are listed in the README.")
+
+
+def check_sqlite(version: str = sqlite3.sqlite_version) -> None:
+    """Refuses an SQLite older than the stages' statements need, before any store is opened."""
+    found = tuple(int(part) for part in version.split(".")[:3])
+    if found < SQLITE_MINIMUM:
+        minimum = ".".join(map(str, SQLITE_MINIMUM))
+        raise ConfigError(
+            f"This Python's sqlite3 is SQLite {version}; uniquerand needs {minimum} or newer (for RETURNING). "
+            "Use a Python built with a newer SQLite."
+        )
+
+
 def validate(config: dict) -> None:
     """Normalises the settings in place; raises ConfigError naming the first bad one.
 
@@ -150,9 +183,8 @@ def validate(config: dict) -> None:
     _validate_v4(config)
     _validate_database(config)
     _validate_tokens(config)
-    config["SIGNING_KEY_FILE"] = _in_instance(
-        config, str(config["SIGNING_KEY_FILE"] or "").strip() or "v5/signing-key.json"
-    )
+    for key, default in (("SIGNING_KEY_FILE", "v5/signing-key.json"), ("V5_KEY_FILE", "v5/key")):
+        config[key] = _in_instance(config, str(config[key] or "").strip() or default)
 
 
 def _validate_v4(config: dict) -> None:

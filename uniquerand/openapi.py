@@ -111,7 +111,8 @@ def _readyz_operation() -> Schema:
         errors=False,
     )
     operation["responses"]["503"] = _error_response(
-        "Not every stage can serve now: `stages` names each one that cannot, and why. Retry after `Retry-After`.",
+        "Not every stage can serve now: `stages` names each one that cannot and why, `codes` the error code it "
+        "would answer with (`store_key_invalid`: this host lacks the database's /v5 key). Retry after `Retry-After`.",
         "NotReady",
         {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
     )
@@ -257,7 +258,11 @@ def _components(tokens: bool) -> Schema:
             "ServerError": _error([*_codes(500), "store_error", "internal_error"]),
             "Unavailable": _error(unavailable, {"requested": count, "remaining": count}),
             "NotReady": _error(
-                ["not_ready"], {"stages": {"type": "object", "additionalProperties": {"type": "string"}}}
+                ["not_ready"],
+                {
+                    "stages": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "codes": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
             ),
             "SpaceNotFound": _error(["space_not_found"]),
             "SpaceConflict": _error(["space_conflict"]),

@@ -131,7 +131,7 @@ def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: 
 
 def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
     """/v5 on SQLite, its own two spaces and its named ones counted in one counters.db under one key."""
-    counters = SqliteCounters(settings)
+    counters = SqliteCounters(settings, Path(config["V5_KEY_FILE"]))
     return Stage(
         "v5",
         "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory; "
@@ -200,7 +200,7 @@ def _postgres_stages(settings: Callable[[str], StoreSettings], config: dict) -> 
 
 def _postgres_v5(settings: StoreSettings, database: Database, config: dict) -> Stage:
     """/v5 on PostgreSQL: its own two counters and its named spaces' in one table, which every host shares."""
-    counters = PostgresCounters(settings, database)
+    counters = PostgresCounters(settings, database, Path(config["V5_KEY_FILE"]))
     return Stage(
         "v5",
         "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory; "

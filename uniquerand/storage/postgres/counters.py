@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
@@ -60,8 +61,8 @@ class PostgresCounters:
     """The stage's counters in `database`, and its key in `folder`, for one `LeasedCounterStore`: the stage's own
     int and float counters, or (`for_space`) the one counter of a named space, on the same pool and key."""
 
-    def __init__(self, settings: StoreSettings, database: Database) -> None:
-        self.key_path = settings.folder / KEY_NAME
+    def __init__(self, settings: StoreSettings, database: Database, key_path: Path | None = None) -> None:
+        self.key_path = key_path or settings.folder / KEY_NAME
         # The stage's own spaces, recorded and checked at set-up; `spaces` are those this object leases from.
         self.stage_spaces = self.spaces = settings.spaces
         self.label = settings.label
@@ -104,7 +105,7 @@ class PostgresCounters:
                 if rows or leased:
                     raise StoreKeyError(
                         f"The {self.label} store's database is served with a key this host does not have: copy the "
-                        f"key file ({self.label}/{KEY_NAME} of the instance folder) from a host that serves it."
+                        f"key file ({self.key_path}, set by UNIQUERAND_V5_KEY_FILE) from a host that serves it."
                     )
                 self.key_path.parent.mkdir(parents=True, exist_ok=True)
                 key = create_key(self.key_path, self.label)
@@ -115,7 +116,7 @@ class PostgresCounters:
                 rows = {NEW_FINGERPRINT: fingerprint(key)}
             if not rows:
                 raise StoreKeyError(
-                    f"This host's {self.label} key file ({self.label}/{KEY_NAME} of the instance folder) was not made "
+                    f"This host's {self.label} key file ({self.key_path}, set by UNIQUERAND_V5_KEY_FILE) was not made "
                     "for this database (it served SQLite's counters.db, or another database): counting here with it "
                     "would repeat that one's numbers. Give this host the key of the hosts serving this database, or, "
                     "for a new deployment, move the key file away so that a new one is made. Nothing was changed."

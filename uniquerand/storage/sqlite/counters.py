@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.storage import runtime
@@ -104,10 +105,10 @@ class SqliteCounters:
     """`folder`'s counter database and key, for one `LeasedCounterStore`: the stage's own int and float counters,
     or (`for_space`) the one counter of a named space, which shares the stage's connection and key."""
 
-    def __init__(self, settings: StoreSettings) -> None:
+    def __init__(self, settings: StoreSettings, key_path: Path | None = None) -> None:
         self.folder = settings.folder
         self.path = settings.folder / FILE_NAME
-        self.key_path = settings.folder / KEY_NAME
+        self.key_path = key_path or settings.folder / KEY_NAME
         self.spaces = settings.spaces
         self.label = settings.label
         self.lock_timeout = settings.lock_timeout
