@@ -14,6 +14,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
+import pytest
+
 from tests.postgres import start_pair
 from tests.support import draw_space_to_its_end, get, put_json
 
@@ -86,8 +89,16 @@ def test_an_error_is_not_recorded_a_retry_issues_once_the_cause_is_gone(make_ser
     assert status == 200 and "idempotent-replayed" not in headers
 
 
-def test_identical_requests_at_once_issue_once(make_server):
-    server = make_server(workers=3, env=SETTINGS)
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request) -> dict[str, str]:
+    """The store's settings: SQLite files, or a PostgreSQL database of the test's own."""
+    if request.param == "sqlite":
+        return {}
+    return {"UNIQUERAND_DATABASE_URL": request.getfixturevalue("database_url")}
+
+
+def test_identical_requests_at_once_issue_once(make_server, engine):
+    server = make_server(workers=3, env={**SETTINGS, **engine})
     new_space(server.port, "burst")
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(lambda _: raw_get(server.port, "/v5/spaces/burst/random?count=5", "once"), range(48)))
@@ -125,9 +136,10 @@ def test_kill_9_after_recording_the_retry_replays_the_recorded_answer(make_serve
     assert not set(rest) & set(numbers) and len(set(rest)) == len(rest)
 
 
-def test_a_claim_whose_worker_died_before_recording_is_taken_over(make_server):
+def test_a_claim_whose_worker_died_before_recording_is_taken_over(make_server, engine):
     # LOCK_TIMEOUT 0.5: a claim counts as abandoned after 3 s.
-    server = make_server(workers=2, env={**SETTINGS, "UNIQUERAND_LOCK_TIMEOUT": "0.5"}, app="tests.crash_app:app")
+    env = {**SETTINGS, **engine, "UNIQUERAND_LOCK_TIMEOUT": "0.5"}
+    server = make_server(workers=2, env=env, app="tests.crash_app:app")
     new_space(server.port, "orphan", size=20)
     with contextlib.suppress(http.client.HTTPException, OSError):
         raw_get(server.port, "/v5/spaces/orphan/random?count=3", "die-before-record-1")
@@ -154,8 +166,8 @@ def test_a_write_of_unknown_outcome_keeps_the_claim_so_a_retry_waits_instead_of_
     assert raw_get(server.port, "/v5/spaces/busy-once/random?count=2", "unknown-1")[1] == taken
 
 
-def test_expired_answers_issue_anew_and_are_purged(make_server, instance_path):
-    server = make_server(workers=1, env={**SETTINGS, "UNIQUERAND_IDEMPOTENCY_TTL": "1"})
+def test_expired_answers_issue_anew_and_are_purged(make_server, instance_path, engine):
+    server = make_server(workers=1, env={**SETTINGS, **engine, "UNIQUERAND_IDEMPOTENCY_TTL": "1"})
     first = raw_get(server.port, "/v5/random?count=2", "short")[1]
     time.sleep(1.2)
     status, again, headers = raw_get(server.port, "/v5/random?count=2", "short")
@@ -165,8 +177,12 @@ def test_expired_answers_issue_anew_and_are_purged(make_server, instance_path):
     time.sleep(1.2)
     for i in range(300):
         assert raw_get(server.port, "/v5/random", f"next-{i}")[0] == 200
-    with sqlite3.connect(instance_path / "v5" / "replies.db") as connection:
-        rows = connection.execute("SELECT count(*) FROM replies").fetchone()[0]
+    if engine:
+        with psycopg.connect(engine["UNIQUERAND_DATABASE_URL"]) as connection:
+            rows = connection.execute("SELECT count(*) FROM uniquerand_v5_replies").fetchone()[0]
+    else:
+        with sqlite3.connect(instance_path / "v5" / "replies.db") as connection:
+            rows = connection.execute("SELECT count(*) FROM replies").fetchone()[0]
     # 602 rows were written, the first 302 expired before the purges among the next 300 claims.
     assert rows <= 302, rows
 

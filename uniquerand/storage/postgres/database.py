@@ -269,9 +269,8 @@ class PostgresTarget:
         except Exception as err:
             raise self.translate(err) from err
         try:
-            connection.execute("BEGIN")
-            if not self.durable:
-                connection.execute("SET LOCAL synchronous_commit TO off")
+            # One round trip either way (no parameters: the simple protocol takes both statements at once).
+            connection.execute("BEGIN" if self.durable else "BEGIN; SET LOCAL synchronous_commit TO off")
         except Exception as err:
             pool.putconn(connection)
             raise self.translate(err) from err
