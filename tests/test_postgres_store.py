@@ -115,7 +115,7 @@ def test_foreign_tables_of_our_names_are_refused_and_left_as_they_are(
     with pytest.raises(StoreCorruptError, match=f"The table {table} in the database is not the one"):
         stores(tmp_path, database_url)[stage].issue("int")
     assert [str(value) for (value,) in postgres.sql(f"SELECT * FROM {table}", name)] == ["7"]
-    assert postgres.sql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'uniquerand%%'", name) == [(1,)]
+    assert postgres.sql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'uniquerand%'", name) == [(1,)]
 
 
 @pytest.mark.parametrize("stage", ["v3", "v4", "v5"])
@@ -274,3 +274,25 @@ def test_v5_counts_a_holder_on_another_host_as_live_while_its_heartbeat_is_fresh
     assert store.counters.held_elsewhere("int") == [50]
     postgres.sql("UPDATE uniquerand_v5_holders SET heartbeat = now() - interval '2 minutes'", name)
     assert store.counters.held_elsewhere("int") == []
+
+
+def test_the_index_names_every_table_each_stage_keeps(database_url, tmp_path):
+    # GET / tells an operator where each stage keeps its state: after every kind of draw, the tables the
+    # database holds are the ones the stages name.
+    client = create_app({"INSTANCE_PATH": str(tmp_path), "DATABASE_URL": database_url, "TESTING": True}).test_client()
+    assert client.put("/v5/spaces/t", json={"type": "int", "min": 1, "max": 100}).status_code == 201
+    for path in ("/v3/random", "/v4/random", "/v5/random", "/v5/spaces/t/random?signed=true"):
+        for _ in range(50):  # /v4's pools fill in the background
+            if (response := client.get(path, headers={"Idempotency-Key": f"k{path}"})).status_code == 200:
+                break
+            time.sleep(0.1)
+        assert response.status_code == 200, (path, response.get_json())
+    named = " ".join(stage["store"] for stage in client.get("/").get_json()["stages"])
+    with psycopg.connect(database_url) as connection:
+        query = "SELECT tablename FROM pg_tables WHERE tablename LIKE 'uniquerand%'"
+        tables = {name for (name,) in connection.execute(query).fetchall()}
+    shared = {"uniquerand_meta"}  # every stage's recorded settings
+    assert "uniquerand_v5_draws" in tables
+    for table in tables - shared:
+        # /v4 names its per-type tables once: uniquerand_v4_pool_{int,float}.
+        assert table in named or f"{table.rsplit('_', 1)[0]}_{{int,float}}" in named, (table, named)

@@ -114,7 +114,7 @@ def build_stages(instance: Path, spaces: dict[NumberKind, NumberSpace], config: 
         Stage(
             "v3",
             "The SQLite stage: the PRIMARY KEY insert is the uniqueness check, WAL, synchronous=FULL.",
-            "one SQLite database (numbers.db), a table per type",
+            "one SQLite database (numbers.db), two tables per type: the recent numbers and the settled ones",
             SqliteStore(settings("v3"), settle_at=config["V3_SETTLE_AT"]),
         ),
         Stage(
@@ -136,7 +136,8 @@ def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
         "v5",
         "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory; "
         "named spaces of their own range under /v5/spaces.",
-        "a key file (key, 0600) and one SQLite database (counters.db) of the counters, named spaces and leases",
+        "a key file (key, 0600) and SQLite databases: counters.db (counters, named spaces, leases), replies.db "
+        "(recorded answers), draws.db (signed draws; their key is signing-key.json, 0600)",
         LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
         named_spaces=_named_spaces(settings, SqliteSpaceCatalog(counters), config),
         replies=sqlite_replies(settings.folder, settings.label, settings.lock_timeout, *_reply_times(config)),
@@ -206,7 +207,8 @@ def _postgres_v5(settings: StoreSettings, database: Database, config: dict) -> S
         "Unique by construction: a keyed Feistel permutation of a counter leased in blocks, served from memory; "
         "named spaces of their own range under /v5/spaces, shared by every server on the database.",
         "a key file (key, 0600, the same on every server) and the PostgreSQL tables uniquerand_v5_counters, "
-        "uniquerand_v5_spaces and uniquerand_v5_leases",
+        "uniquerand_v5_spaces, uniquerand_v5_leases, uniquerand_v5_holders, uniquerand_v5_replies, "
+        "uniquerand_v5_draw_serials, uniquerand_v5_draws and uniquerand_v5_signing_keys",
         LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
         named_spaces=_named_spaces(settings, PostgresSpaceCatalog(counters), config),
         replies=postgres_replies(database, settings.label, settings.lock_timeout, *_reply_times(config)),
