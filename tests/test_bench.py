@@ -232,6 +232,7 @@ def test_bench_measures_the_postgres_stages_beside_the_file_ones(runner, tmp_pat
         assert connection.execute("SELECT to_regclass('uniquerand_v3_int')").fetchone() == (None,)
 
 
+@pytest.mark.postgres
 @pytest.mark.skipif(not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reason="no PostgreSQL server binaries")
 def test_bench_starts_a_throwaway_cluster_measures_the_cost_and_removes_it(runner, tmp_path):
     """One run for both (the cost's snapshots wait for PostgreSQL to publish a backend's last statistics,

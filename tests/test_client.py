@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import get
+from tests.support import REPO, get, put_json
 from uniquerand.client import Client, UniquerandError
 
 
@@ -69,3 +69,23 @@ def test_no_4xx_is_retried(make_server):
         client.draw("tiny")
     # 503 without Retry-After: the end of the space, final.
     assert (exhausted.value.status, exhausted.value.code, exhausted.value.attempts) == (503, "space_exhausted", 1)
+
+
+def test_the_operations_guide_s_retrying_function_retries_503_and_raises_what_will_not_heal(make_server, instance_path):
+    """docs/operations.md's `draw`, run as written: the space `busy-once` answers 503 store_busy with Retry-After
+    once (tests/crash_app.py), then serves; a space drawn to its end and an unknown path are raised at once."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    snippet = text.split("<!-- retry-snippet -->\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(snippet, "operations.md", "exec"), namespace)
+    draw = namespace["draw"]
+    server = make_server(workers=1, app="tests.crash_app:app")
+    base = f"http://127.0.0.1:{server.port}"
+    for name, size in (("busy-once", 10), ("tiny", 1)):
+        assert put_json(server.port, f"/v5/spaces/{name}", {"type": "int", "min": 1, "max": size})[0] == 201
+    assert 1 <= draw(f"{base}/v5/spaces/busy-once/random")["number"] <= 10
+    assert (instance_path / "timed-out-once").exists(), "the first attempt did not get its 503"
+    assert draw(f"{base}/v5/spaces/tiny/random")["number"] == 1
+    for path, message in (("/v5/spaces/tiny/random", "503 space_exhausted"), ("/v9/random", "404 not_found")):
+        with pytest.raises(RuntimeError, match=message):
+            draw(base + path)

@@ -89,7 +89,7 @@ def test_an_error_is_not_recorded_a_retry_issues_once_the_cause_is_gone(make_ser
     assert status == 200 and "idempotent-replayed" not in headers
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request) -> dict[str, str]:
     """The store's settings: SQLite files, or a PostgreSQL database of the test's own."""
     if request.param == "sqlite":
