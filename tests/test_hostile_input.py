@@ -141,6 +141,13 @@ WIRE_CASES = [
     (b"GET /v2/random?type=a b HTTP/1.1", 400, "bad_request"),
     (b"GET v2/random HTTP/1.1", 400, "bad_request"),
     (b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"j" * 9000, 431, "request_header_fields_too_large"),
+    # gunicorn's limits are per header field (8190 bytes) and 100 fields.
+    (
+        b"GET /healthz HTTP/1.1" + b"".join(b"\r\nX-%d: 1" % i for i in range(101)),
+        431,
+        "request_header_fields_too_large",
+    ),
+    (b"GET /healthz HTTP/1.1" + b"".join(b"\r\nX-%d: 1" % i for i in range(90)), 200, None),
     (b"GET /v2/random?type=%ff&count=%00 HTTP/1.1", 422, "invalid_parameter"),
     (b"GET /v3/random?type=%C3%A9 HTTP/1.1", 422, "invalid_parameter"),
     (b"GET /v5/random?count=2&count=2 HTTP/1.1", 422, "invalid_parameter"),

@@ -21,7 +21,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from tests.support import STAGE_NAMES
+from tests.support import REPO, STAGE_NAMES
 from uniquerand.stages import Sources
 from uniquerand.tokens import TokenFile
 
@@ -328,3 +328,28 @@ def run_entries(port: int, max_examples: int, extra: list[str] | None = None, co
         result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
         return json.loads(har.read_text())["log"]["entries"]
+
+
+def _codes(node) -> set[str]:
+    """Every error code a schema of the document allows (`code`'s enum, anywhere in it)."""
+    if isinstance(node, dict):
+        found = set(node["code"].get("enum", [])) if isinstance(node.get("code"), dict) else set()
+        return found.union(*(_codes(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_codes(value) for value in node))
+    return set()
+
+
+def test_the_readme_s_error_table_lists_every_code_the_api_document_allows_and_no_other(make_app):
+    # The document is built from the code's own lists; with a tokens file it has every code there is.
+    document = make_app(TOKENS_FILE="tokens", METRICS_REQUIRE_TOKEN=True).test_client().get("/openapi.json").get_json()
+    allowed = _codes(document)
+    assert {"not_found", "unauthorized", "tokens_unavailable", "not_ready", "idempotency_key_reused"} <= allowed
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("### Errors", 1)[1].split("\n\n", 2)[2].split("\n\n", 1)[0]
+    listed = {code for row in table.splitlines()[2:] for code in re.findall(r"`([a-z_]+)`", row.split("|")[2])}
+    assert allowed - listed == set(), "codes the API can answer that the README's table lacks"
+    # Refused before the app sees the request (gunicorn's limits, answered as JSON by the worker): not operations
+    # of the document; tests/test_hostile_input.py sends each.
+    refused_by_gunicorn = {"bad_request", "uri_too_long", "request_header_fields_too_large"}
+    assert listed - allowed == refused_by_gunicorn, "codes in the README's table that the API does not know"
