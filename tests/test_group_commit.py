@@ -11,7 +11,8 @@ import pytest
 
 from uniquerand.storage.contract import StoreBusyError, StoreError
 from uniquerand.storage.group_commit import GroupCommitter
-from uniquerand.storage.sqlite.common import SqliteTarget, open_published
+from uniquerand.storage.sqlite.database import open_published
+from uniquerand.storage.sqlite.target import SqliteTarget
 
 
 def _committer(tmp_path):

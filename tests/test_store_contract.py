@@ -145,7 +145,11 @@ def issue(store: Store, kind: str, count: int = 1, deadline: float = 20.0) -> li
     return issued.codes
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(
+    params=[
+        pytest.param(name, marks=[pytest.mark.postgres] if BACKENDS[name].postgres else []) for name in sorted(BACKENDS)
+    ]
+)
 def backend(request) -> str:
     if BACKENDS[request.param].postgres:
         request.getfixturevalue("postgres")

@@ -2,7 +2,7 @@
 stage's own "int" and "float", and "space:{name}" per named space), the leases with their holders, the
 holders' heartbeats, and the named spaces' definitions."""
 
-from uniquerand.storage.postgres.database import Table
+from uniquerand.storage.postgres.schema import Table
 
 SCHEMA = [
     Table(

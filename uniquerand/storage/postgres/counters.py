@@ -45,7 +45,8 @@ from uniquerand.storage.postgres.counter_schema import (
     REMAINING,
     SCHEMA,
 )
-from uniquerand.storage.postgres.database import Database, exists
+from uniquerand.storage.postgres.database import Database
+from uniquerand.storage.postgres.schema import exists
 
 KEY_NAME = "key"
 HEARTBEAT_EVERY = 10.0

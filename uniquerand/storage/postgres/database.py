@@ -1,6 +1,7 @@
 """A PostgreSQL database as every PostgreSQL store uses it: one connection pool per process, each connection
 durable (`synchronous_commit=on` whatever the server's or role's default), the one-time schema setup of a
-store, transactions, and the driver's errors as typed store errors.
+store (its tables: `schema`), transactions (a group committer's: `target`), and the driver's errors as typed
+store errors.
 
 psycopg picks how it waits for the server when it is imported: imported before gevent patched the process, it
 would wait in C and stop every request of a gevent worker while one query runs. So it is imported here only
@@ -14,11 +15,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import StoreBusyError, StoreCorruptError, StoreError, StoreUnavailableError
+from uniquerand.storage.postgres.schema import META, Table, check_recorded, space_settings
+
+if TYPE_CHECKING:
+    from uniquerand.storage.postgres.target import PostgresTarget
 
 # Taken by every schema setup, so that hosts starting at once create each table once (concurrent
 # CREATE TABLE IF NOT EXISTS can fail on the catalog's unique index). The value is arbitrary: b"uniq".
@@ -90,6 +94,8 @@ class Database:
             state.done.add(label)
 
     def target(self, name: str, label: str, durable: bool = True) -> PostgresTarget:
+        from uniquerand.storage.postgres.target import PostgresTarget  # it builds on this module's functions
+
         return PostgresTarget(name, self, label, durable)
 
     def check(self, label: str) -> None:
@@ -247,141 +253,3 @@ def translated_errors(label: str) -> Iterator[None]:
         if isinstance(err, faults()):
             raise store_error(err, label) from err
         raise
-
-
-class PostgresTarget:
-    """The database as a `GroupCommitter` writes it: each group's transaction on a pooled connection. The
-    server orders concurrent writers itself (row locks, PRIMARY KEY checks), so there is no lock to take."""
-
-    def __init__(self, name: str, database: Database, label: str, durable: bool = True) -> None:
-        self.name = name
-        self.label = label
-        # False: COMMIT returns before the WAL is flushed (a write that a later durable commit makes durable with
-        # it, such as a claim that matters only once its answer is recorded).
-        self.durable = durable
-        self.faults = faults()
-        self._database = database
-
-    def begin(self) -> Any:
-        pool = self._database._pool.get()
-        try:
-            connection = pool.getconn(timeout=self._database.connect_wait)
-        except Exception as err:
-            raise self.translate(err) from err
-        try:
-            # One round trip either way (no parameters: the simple protocol takes both statements at once).
-            connection.execute("BEGIN" if self.durable else "BEGIN; SET LOCAL synchronous_commit TO off")
-        except Exception as err:
-            pool.putconn(connection)
-            raise self.translate(err) from err
-        return connection
-
-    def savepoint(self, connection: Any) -> None:
-        connection.execute("SAVEPOINT job")
-
-    def rollback_to_savepoint(self, connection: Any) -> None:
-        connection.execute("ROLLBACK TO SAVEPOINT job")
-
-    def release_savepoint(self, connection: Any) -> None:
-        connection.execute("RELEASE SAVEPOINT job")
-
-    def commit(self, connection: Any) -> None:
-        try:
-            commit(connection, self.label)
-        except StoreError:
-            rollback(connection)
-            raise
-        except Exception as err:
-            # Committed or not, nobody can tell: the group's values are never handed out (burned).
-            rollback(connection)
-            raise self.translate(err) from err
-        finally:
-            self._database._pool.get().putconn(connection)
-
-    def abort(self, connection: Any | None) -> None:
-        if connection is not None:
-            rollback(connection)
-            self._database._pool.get().putconn(connection)
-
-    def translate(self, err: BaseException) -> StoreError:
-        if isinstance(err, self.faults):
-            return store_error(err, self.label)
-        error = StoreUnavailableError(f"The {self.label} store cannot be used: an unexpected error occurred.")
-        error.detail = f"{type(err).__name__}: {err}"
-        return error
-
-
-def space_settings(spaces: dict[str, Any]) -> dict[str, str]:
-    """The settings a stage's records are tied to: each kind's range and the float grid, as recorded."""
-    return {f"space_{kind}": f"{space.low}..{space.high}/{space.decimals}" for kind, space in spaces.items()}
-
-
-SETTING_NAMES = {"space_int": "INT_MIN/INT_MAX", "space_float": "FLOAT_MIN/FLOAT_MAX/FLOAT_DECIMALS"}
-
-
-def check_recorded(connection: Any, stage: str, expected: dict[str, str], label: str) -> None:
-    """Records `expected` settings for `stage` where the database has none, and refuses one whose recorded
-    settings differ: its numbers were drawn or counted in another space (nothing is changed: the caller's
-    transaction rolls back)."""
-    rows = dict(connection.execute("SELECT name, value FROM uniquerand_meta WHERE stage = %s", (stage,)).fetchall())
-    for name, value in expected.items():
-        if name not in rows:
-            connection.execute(
-                "INSERT INTO uniquerand_meta (stage, name, value) VALUES (%s, %s, %s)", (stage, name, value)
-            )
-        elif rows[name] != value:
-            setting = SETTING_NAMES.get(name, name)
-            raise StoreCorruptError(
-                f"The {label} store's database was written with other settings ({setting}: {rows[name]}, this "
-                f"server: {value}); serving it here could re-issue numbers. It was left as is."
-            )
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table of ours: created if missing, and checked, whoever created it, to have exactly these columns and
-    this primary key. A table of another application under our name (or of another release) would take our
-    inserts through PostgreSQL's assignment casts, or without the PRIMARY KEY that makes them unique."""
-
-    name: str
-    # (column, type as format_type() spells it, the rest of its definition)
-    columns: tuple[tuple[str, str, str], ...]
-    primary_key: tuple[str, ...]
-
-    def create(self, connection: Any) -> None:
-        """Creates the table if it is missing, then checks it. Set-ups run one at a time (SCHEMA_LOCK), and an
-        existing table is only read: DDL on it would lock out the other hosts' claims, or deadlock with them."""
-        if not exists(connection, self.name):
-            columns = ", ".join(f"{name} {kind} {extra}".strip() for name, kind, extra in self.columns)
-            connection.execute(f"CREATE TABLE {self.name} ({columns}, PRIMARY KEY ({', '.join(self.primary_key)}))")
-        found = connection.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            (self.name,),
-        ).fetchall()
-        key = connection.execute(
-            "SELECT array_agg(a.attname::text ORDER BY k.position) FROM pg_index i "
-            "CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) "
-            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-            "WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
-            (self.name,),
-        ).fetchone()[0]
-        if [tuple(row) for row in found] != [(name, kind) for name, kind, _ in self.columns] or tuple(
-            key or ()
-        ) != self.primary_key:
-            raise StoreCorruptError(
-                f"The table {self.name} in the database is not the one this release made (its columns or primary "
-                "key differ); it was left as is."
-            )
-
-
-def exists(connection: Any, relation: str) -> bool:
-    """True if the table or index `relation` exists (in the search path)."""
-    return connection.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,)).fetchone()[0]
-
-
-META = Table(
-    "uniquerand_meta",
-    (("stage", "text", "NOT NULL"), ("name", "text", "NOT NULL"), ("value", "text", "NOT NULL")),
-    ("stage", "name"),
-)

@@ -7,7 +7,8 @@ import contextlib
 
 from uniquerand.storage import runtime
 from uniquerand.storage.draws import SignedDraws
-from uniquerand.storage.postgres.database import Database, Table
+from uniquerand.storage.postgres.database import Database
+from uniquerand.storage.postgres.schema import Table
 from uniquerand.storage.replies import new_committer
 
 SCHEMA = [

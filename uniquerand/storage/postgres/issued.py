@@ -19,7 +19,8 @@ from uniquerand.storage import runtime
 from uniquerand.storage.contract import Issued, Prefilling, Store, StoreBusyError, StoreSettings
 from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.picking import pick_unused
-from uniquerand.storage.postgres.database import Database, Table
+from uniquerand.storage.postgres.database import Database
+from uniquerand.storage.postgres.schema import Table
 
 PREFILL_CHUNK = 50_000
 TABLES = {kind: f"uniquerand_v3_{kind}" for kind in KINDS}

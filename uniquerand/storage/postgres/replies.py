@@ -4,7 +4,8 @@ so a retry that reaches another host replays the same answer."""
 from __future__ import annotations
 
 from uniquerand.storage import runtime
-from uniquerand.storage.postgres.database import Database, Table, exists
+from uniquerand.storage.postgres.database import Database
+from uniquerand.storage.postgres.schema import Table, exists
 from uniquerand.storage.replies import ReplyStore, new_committer
 
 TABLE = "uniquerand_v5_replies"

@@ -19,7 +19,8 @@ from uniquerand.numbers import KINDS, NumberKind, NumberSpace
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import InsufficientRemainingError, SpaceExhaustedError
 from uniquerand.storage.picking import pick_unused
-from uniquerand.storage.postgres.database import SCHEMA_LOCK, Database, Table
+from uniquerand.storage.postgres.database import SCHEMA_LOCK, Database
+from uniquerand.storage.postgres.schema import Table
 from uniquerand.storage.sqlite.shard_files import shard_names
 from uniquerand.storage.sqlite.shard_refill import REFILL_RETRY_DELAY, FillReport
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from uniquerand.storage import runtime
 from uniquerand.storage.draws import SignedDraws
 from uniquerand.storage.replies import new_committer
-from uniquerand.storage.sqlite.common import SqliteTarget, open_published, translated_errors
+from uniquerand.storage.sqlite.database import open_published, translated_errors
+from uniquerand.storage.sqlite.target import SqliteTarget
 
 FILE_NAME = "draws.db"
 SCHEMA = """

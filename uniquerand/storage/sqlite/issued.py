@@ -21,8 +21,9 @@ from uniquerand.storage import runtime
 from uniquerand.storage.contract import Issued, Prefilling, Store, StoreBusyError, StoreCorruptError, StoreSettings
 from uniquerand.storage.group_commit import GroupCommitter
 from uniquerand.storage.picking import pick_unused
-from uniquerand.storage.sqlite.common import SqliteTarget, insert_new_codes, open_published, translated_errors
+from uniquerand.storage.sqlite.database import insert_new_codes, open_published, translated_errors
 from uniquerand.storage.sqlite.settling import SLICES, TRIGGERS, Settler
+from uniquerand.storage.sqlite.target import SqliteTarget
 
 FILE_NAME = "numbers.db"
 # Rows per transaction when prefilling: large enough to amortise the fsync, small enough to keep

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from uniquerand.storage import runtime
 from uniquerand.storage.replies import ReplyStore, new_committer
-from uniquerand.storage.sqlite.common import SqliteTarget, open_published
+from uniquerand.storage.sqlite.database import open_published
+from uniquerand.storage.sqlite.target import SqliteTarget
 
 FILE_NAME = "replies.db"
 SCHEMA = """

@@ -14,7 +14,7 @@ from functools import partial
 
 from uniquerand.numbers import NumberKind
 from uniquerand.storage.contract import StoreBusyError, StoreCorruptError, StoreSettings
-from uniquerand.storage.sqlite.common import open_published, transaction, translated_errors
+from uniquerand.storage.sqlite.database import open_published, transaction, translated_errors
 
 SHARDS_PER_KIND = 2
 

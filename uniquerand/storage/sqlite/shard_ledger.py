@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from uniquerand.numbers import NumberSpace
 from uniquerand.storage.picking import pick_unused
-from uniquerand.storage.sqlite.common import insert_new_codes, transaction
+from uniquerand.storage.sqlite.database import insert_new_codes, transaction
 from uniquerand.storage.sqlite.shard_files import ledger_count
 
 # Rows per refill transaction: amortises the fsync while keeping claims' waits for the write lock short.

@@ -38,10 +38,10 @@ from uniquerand.storage.contract import (
     StoreUnavailableError,
 )
 from uniquerand.storage.group_commit import GroupCommitter
-from uniquerand.storage.sqlite.common import SqliteTarget
 from uniquerand.storage.sqlite.shard_files import ShardFiles, count_available, ledger_count, ledger_name, shard_names
 from uniquerand.storage.sqlite.shard_refill import FillReport, ShardRefiller
 from uniquerand.storage.sqlite.shard_stats import sharded_stats
+from uniquerand.storage.sqlite.target import SqliteTarget
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

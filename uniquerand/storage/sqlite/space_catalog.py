@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from uniquerand.numbers import NumberSpace
 from uniquerand.storage import runtime
 from uniquerand.storage.spaces import SpaceConflictError, SpaceRecord
-from uniquerand.storage.sqlite.common import transaction
 from uniquerand.storage.sqlite.counters import SqliteCounters
+from uniquerand.storage.sqlite.database import transaction
 
 COLUMNS = "name, kind, low, high, decimals, created"
 
