@@ -1,5 +1,6 @@
-"""The OpenAPI 3.1 document of the whole API, built from the registered stages, the config and the error
-table of `uniquerand.errors`: a stage added to `uniquerand.stages.build_stages` is documented without editing this."""
+"""The OpenAPI 3.1 document of the whole API, built from the registered stages and the config (its error bodies,
+headers and shared responses: `openapi_components`): a stage added to `uniquerand.stages.build_stages` is
+documented without editing this."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 
 from flask import Flask
 
-from uniquerand.errors import STORE_ERROR_RESPONSES
 from uniquerand.numbers import KINDS
-from uniquerand.openapi_draws import add_components, keyed
+from uniquerand.openapi_components import BEARER_SCHEME, NO_STORE, build_components, closed_object, error_response
+from uniquerand.openapi_draws import keyed
 from uniquerand.openapi_spaces import spaces_paths
 
 Schema = dict[str, Any]
@@ -45,8 +46,6 @@ Scopes: `spaces:admin` creates spaces and reads any; `draw:NAME` draws from (and
 * **503** `tokens_unavailable`: the server cannot read its tokens file; wait `Retry-After` seconds.
 """
 
-BEARER_SCHEME = "bearerAuth"
-
 
 def build_document(app: Flask) -> Schema:
     """The document; with TOKENS_FILE set, the operations that need a token say so (`security`, 401)."""
@@ -71,7 +70,7 @@ def build_document(app: Flask) -> Schema:
         paths[f"/{stage.name}/stats"] = _path(_needs_token(stats, tokens))
         if stage.named_spaces is not None:
             helpers = SimpleNamespace(
-                operation=_operation, ok=_ok, path=_path, error_response=_error_response,
+                operation=_operation, ok=_ok, path=_path, error_response=error_response,
                 needs_token=lambda operation: _needs_token(operation, tokens), keyed=keyed,
                 signed=stage.signer is not None,
             )  # fmt: skip
@@ -88,7 +87,7 @@ def build_document(app: Flask) -> Schema:
             *({"name": stage.name, "description": stage.description} for stage in stages),
         ],
         "paths": paths,
-        "components": _components(tokens),
+        "components": build_components(tokens),
     }
 
 
@@ -107,10 +106,10 @@ def _readyz_operation() -> Schema:
         "readyz",
         "Whether every stage can serve now (for a load balancer); asks each store, issues nothing.",
         "service",
-        _ok(_closed_object({"status": {"const": "ready"}}, "status")),
+        _ok(closed_object({"status": {"const": "ready"}}, "status")),
         errors=False,
     )
-    operation["responses"]["503"] = _error_response(
+    operation["responses"]["503"] = error_response(
         "Not every stage can serve now: `stages` names each one that cannot and why, `codes` the error code it "
         "would answer with (`store_key_invalid`: this host lacks the database's /v5 key). Retry after `Retry-After`.",
         "NotReady",
@@ -122,7 +121,7 @@ def _readyz_operation() -> Schema:
 def _metrics_operation(needs_token: bool) -> Schema:
     ok = {
         "description": "Prometheus's text format: every worker's counts added up, and the stores' levels.",
-        "headers": _NO_STORE,
+        "headers": NO_STORE,
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
     operation = _operation("metrics", "Metrics for Prometheus.", "service", ok, errors=False)
@@ -138,7 +137,7 @@ def _path(get: Schema, put: Schema | None = None) -> Schema:
         "responses": {
             "200": {
                 "description": "The methods this path accepts, in the `Allow` header and the body.",
-                "headers": {"Allow": {"$ref": "#/components/headers/Allow"}, **_NO_STORE},
+                "headers": {"Allow": {"$ref": "#/components/headers/Allow"}, **NO_STORE},
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Allowed"}}},
             }
         },
@@ -167,13 +166,13 @@ def _random_operation(stage, config: dict) -> Schema:
             {"type": "number", "minimum": config["FLOAT_MIN"], "exclusiveMaximum": config["FLOAT_MAX"]},
         ],
     }
-    single = _closed_object({"number": number, **stage.extra_response_properties}, "number")
+    single = closed_object({"number": number, **stage.extra_response_properties}, "number")
     parameters = [_LENIENT_TYPE if stage.lenient_type else _STRICT_TYPE]
     body = single
     if stage.accepts_count:
         maximum = config["MAX_COUNT"]
         numbers = {"type": "array", "items": number, "minItems": 1, "maxItems": maximum, "uniqueItems": True}
-        batch = _closed_object({"numbers": numbers, **stage.extra_batch_properties}, "numbers")
+        batch = closed_object({"numbers": numbers, **stage.extra_batch_properties}, "numbers")
         body = {"oneOf": [single, batch]}
         parameters.append(
             {
@@ -194,12 +193,8 @@ def _random_operation(stage, config: dict) -> Schema:
     return operation
 
 
-def _closed_object(properties: Schema, required: str) -> Schema:
-    return {"type": "object", "required": [required], "properties": properties, "additionalProperties": False}
-
-
 def _ok(schema: Schema, description: str = "OK") -> Schema:
-    return {"description": description, "headers": _NO_STORE, "content": {"application/json": {"schema": schema}}}
+    return {"description": description, "headers": NO_STORE, "content": {"application/json": {"schema": schema}}}
 
 
 def _html_ok() -> Schema:
@@ -215,134 +210,8 @@ def _stats(name: str) -> Schema:
         "properties": {key: {"type": "integer", "minimum": 0} for key in ("issued", "space_size", "remaining")},
     }
     types = {"type": "object", "required": list(KINDS), "properties": dict.fromkeys(KINDS, counters)}
-    return _closed_object({"stage": {"const": name}, "types": types}, "stage") | {"required": ["stage", "types"]}
+    return closed_object({"stage": {"const": name}, "types": types}, "stage") | {"required": ["stage", "types"]}
 
-
-def _error(codes: list[str], extra: Schema | None = None) -> Schema:
-    properties = {"error": {"type": "string", "minLength": 1}, "code": {"enum": codes}, **(extra or {})}
-    return {"type": "object", "required": ["error", "code"], "properties": properties, "additionalProperties": False}
-
-
-def _error_response(description: str, schema: str, headers: Schema | None = None) -> Schema:
-    return {
-        "description": description,
-        "headers": {**(headers or {}), **_NO_STORE},
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
-
-
-def _codes(status: int, retryable: bool | None = None) -> list[str]:
-    return [code for s, code, retry in STORE_ERROR_RESPONSES.values() if s == status and retryable in (None, retry)]
-
-
-def _components(tokens: bool) -> Schema:
-    # The guard's own 503 (uniquerand.blueprints.access), on a server with tokens.
-    token_codes = ["tokens_unavailable"] if tokens else []
-    unavailable = _codes(503) + token_codes
-    retry_codes = ", ".join(f"`{code}`" for code in _codes(503, True) + token_codes)
-    final_codes = ", ".join(f"`{code}`" for code in _codes(503, False))
-    count = {"type": "integer", "minimum": 0}
-    components = {
-        "schemas": {
-            "NotFound": _error(["not_found"]),
-            "MethodNotAllowed": _error(["method_not_allowed"]),
-            "InvalidParameter": _error(
-                ["invalid_parameter"],
-                {
-                    "parameter": {"type": "string"},
-                    "allowed": {"type": "array", "items": {"type": "string"}},
-                    "minimum": {"type": "integer"},
-                    "maximum": {"type": "integer"},
-                },
-            ),
-            "ServerError": _error([*_codes(500), "store_error", "internal_error"]),
-            "Unavailable": _error(unavailable, {"requested": count, "remaining": count}),
-            "NotReady": _error(
-                ["not_ready"],
-                {
-                    "stages": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "codes": {"type": "object", "additionalProperties": {"type": "string"}},
-                },
-            ),
-            "SpaceNotFound": _error(["space_not_found"]),
-            "SpaceConflict": _error(["space_conflict"]),
-            "TooLarge": _error(["request_entity_too_large"]),
-            "Allowed": _closed_object({"allow": {"type": "array", "items": {"type": "string"}}}, "allow"),
-        },
-        "headers": {
-            "Allow": {
-                "description": "The methods the path accepts.",
-                "schema": {"type": "string", "pattern": "^[A-Z]+(, [A-Z]+)*$"},
-            },
-            "Retry-After": {
-                "description": f"Seconds to wait before retrying; sent with {retry_codes}.",
-                "schema": {"type": "string", "pattern": "^[0-9]+$"},
-            },
-            "Cache-Control": {
-                "description": "`no-store`: a cached number would be served twice.",
-                "schema": {"const": "no-store"},
-            },
-        },
-        "responses": {
-            "NotFound": _error_response("Unknown path.", "NotFound"),
-            "MethodNotAllowed": _error_response(
-                "The path does not accept this method; `Allow` lists those it does.",
-                "MethodNotAllowed",
-                {"Allow": {"$ref": "#/components/headers/Allow"}},
-            ),
-            "InvalidParameter": _error_response(
-                "`type` or `count` has a value the stage does not accept, or is repeated. The body names the "
-                "`parameter` and what it allows (`allowed`, or `minimum` and `maximum`).",
-                "InvalidParameter",
-            ),
-            "ServerError": _error_response(
-                "The store cannot be read as what it should be (it was left untouched), or an unexpected fault "
-                "(logged; never in the body). Tell an operator.",
-                "ServerError",
-            ),
-            "Unavailable": _error_response(
-                f"Nothing was issued. With {retry_codes} a retry may succeed: wait `Retry-After` seconds. "
-                f"With {final_codes} it will not; `insufficient_remaining` says how many numbers `remaining`.",
-                "Unavailable",
-                {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
-            ),
-        },
-    }
-    add_components(components, _error, _error_response)
-    if tokens:
-        _add_bearer_components(components)
-    return components
-
-
-def _add_bearer_components(components: Schema) -> None:
-    components["securitySchemes"] = {
-        BEARER_SCHEME: {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "An access token from `flask tokens create NAME`, sent as `Authorization: Bearer <token>`.",
-        }
-    }
-    components["schemas"]["Unauthorized"] = _error(["unauthorized"])
-    needed = {"needed_scopes": {"type": "array", "items": {"type": "string"}, "minItems": 1}}
-    components["schemas"]["Forbidden"] = _error(["forbidden"], needed)
-    components["responses"]["Forbidden"] = _error_response(
-        "A valid token without a scope this needs. Nothing was issued.",
-        "Forbidden",
-        {"WWW-Authenticate": {"description": 'Bearer with `error="insufficient_scope"`', "schema": {"type": "string"}}},
-    )
-    components["headers"]["WWW-Authenticate"] = {
-        "description": 'The Bearer challenge; `error="invalid_token"` when a token was sent and refused.',
-        "required": True,
-        "schema": {"type": "string", "pattern": '^Bearer realm="uniquerand"(, error="invalid_token")?$'},
-    }
-    components["responses"]["Unauthorized"] = _error_response(
-        "No access token, a malformed one, or one that is wrong or revoked. Nothing was issued.",
-        "Unauthorized",
-        {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
-    )
-
-
-_NO_STORE: Schema = {"Cache-Control": {"$ref": "#/components/headers/Cache-Control"}}
 
 _LENIENT_TYPE: Schema = {
     "name": "type",
@@ -384,4 +253,4 @@ _INDEX: Schema = {
     },
 }
 
-_HEALTH: Schema = _closed_object({"status": {"const": "ok"}}, "status")
+_HEALTH: Schema = closed_object({"status": {"const": "ok"}}, "status")
