@@ -1,5 +1,5 @@
 """LeasedCounterStore: /v5's codes are space.low + P(counter), with counters leased in blocks from a counter
-backend (`Counters`; SQLite's is `sqlite.counters.SqliteCounters`) and served from memory.
+backend (`leases.Counters`; SQLite's is `sqlite.counters.SqliteCounters`) and served from memory.
 
 P is a keyed Feistel permutation of the space's indexes: the mixed-radix network over AES for a new database
 (`uniquerand.aes_permutation`), an earlier release's network (`uniquerand.permutation`) for a database it
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import atexit
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
-from typing import Protocol
 
 from uniquerand.logs import event
 from uniquerand.numbers import KINDS, NumberKind
@@ -38,7 +36,8 @@ from uniquerand.storage.contract import (
     StoreSettings,
 )
 from uniquerand.storage.keyfile import PermutationType
-from uniquerand.storage.leases import Block, Lease, Leases
+from uniquerand.storage.leases import Block, Counters, Leases
+from uniquerand.storage.runtime import TimedLock
 
 log = logging.getLogger(__name__)
 # The counter's last TAIL_BLOCKS blocks are leased a request at a time, none ahead: when it runs out, few
@@ -47,40 +46,11 @@ TAIL_BLOCKS = 16
 HELD_ELSEWHERE_MESSAGE = "The numbers left are held by other workers, which serve them; retry shortly."
 
 
-class Counters(Protocol):
-    """Where /v5's counters and the fingerprint of its key are kept: one per stage and backend."""
-
-    def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
-        """The key (created with a new database) and the permutation the database's counters are served with."""
-
-    def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
-        """At least `need`, at most `want` counters (exactly `need` once no more than `tail` are left), durably
-        leased and recorded with this process as their holder; None if fewer than `need` are left."""
-
-    def close_leases(self, kind: NumberKind, starts: list[int]) -> None:
-        """This process has served every counter of its leases of `kind` that begin at `starts`."""
-
-    def held_elsewhere(self, kind: NumberKind) -> list[int]:
-        """Per other live process holding open leases of `kind`: at most how many counters it holds."""
-
-    def remaining(self, kind: NumberKind) -> int:
-        """Counter values not leased yet."""
-
-    def prefill(self, kind: NumberKind, count: int) -> None:
-        """Leases `count` counters that will never be served (for benchmarks)."""
-
-    def counters(self) -> dict[str, tuple[int, int, int]]:
-        """Per kind: (next, accounted, skipped); empty where nothing was ever recorded."""
-
-    def account(self, unserved: dict[str, tuple[int, int]]) -> None:
-        """Per kind: (leased, served) by a process that exits cleanly; its leases close."""
-
-
 class _ProcessState:
     """Everything that must not cross a fork: the lock, the leases, the key and permutation, the exit hook."""
 
     def __init__(self, lock_timeout: float, busy: Callable[[], StoreBusyError]) -> None:
-        self.lock = _TimedLock(lock_timeout, busy)
+        self.lock = TimedLock(lock_timeout, busy)
         self.key: bytes | None = None
         self.permutation_type: PermutationType | None = None
         self.exit_hook = False
@@ -323,22 +293,3 @@ class LeasedCounterStore(Store, Prefilling):
 
     def _busy_error(self) -> StoreBusyError:
         return StoreBusyError.of(self.label)
-
-
-class _TimedLock:
-    """A thread lock whose `with` gives up after `timeout` seconds with the error `busy` makes. One object per
-    lock, made with it: /v5's typical request takes the lock, and building a wrapper for every `with` cost
-    about a tenth of that request's path in the store."""
-
-    __slots__ = ("_lock", "busy", "timeout")
-
-    def __init__(self, timeout: float, busy: Callable[[], StoreBusyError]) -> None:
-        self._lock = threading.Lock()
-        self.timeout, self.busy = timeout, busy
-
-    def __enter__(self) -> None:
-        if not self._lock.acquire(timeout=self.timeout):
-            raise self.busy()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._lock.release()

@@ -1,15 +1,20 @@
-"""/v5's leases in memory: the counter blocks a process leased for one kind, served in lease order, and when
-to lease the next block in the background. Not thread-safe: the store serves them under its process lock (a lease
-taken in the background only adds to `leased` and sets `in_tail`)."""
+"""/v5's leases: the backend that grants them (`Counters`), and in memory the counter blocks a process leased
+for one kind, served in lease order, and when to lease the next block in the background. Not thread-safe: the
+store serves them under its process lock (a lease taken in the background only adds to `leased` and sets
+`in_tail`)."""
 
 from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from uniquerand.permutation import Permutation
+
+if TYPE_CHECKING:
+    from uniquerand.numbers import NumberKind
+    from uniquerand.storage.keyfile import PermutationType
 
 # Share of the current block served before the next one is leased in the background.
 PREFETCH_AT = 0.1
@@ -117,3 +122,32 @@ class Leases:
     def _prefetch_due(block: Block, position: int) -> bool:
         """Whether a block served up to `position` is far enough along to lease the next one."""
         return position - block.start >= PREFETCH_AT * (block.stop - block.start)
+
+
+class Counters(Protocol):
+    """Where /v5's counters and the fingerprint of its key are kept: one per stage and backend."""
+
+    def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+        """The key (created with a new database) and the permutation the database's counters are served with."""
+
+    def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
+        """At least `need`, at most `want` counters (exactly `need` once no more than `tail` are left), durably
+        leased and recorded with this process as their holder; None if fewer than `need` are left."""
+
+    def close_leases(self, kind: NumberKind, starts: list[int]) -> None:
+        """This process has served every counter of its leases of `kind` that begin at `starts`."""
+
+    def held_elsewhere(self, kind: NumberKind) -> list[int]:
+        """Per other live process holding open leases of `kind`: at most how many counters it holds."""
+
+    def remaining(self, kind: NumberKind) -> int:
+        """Counter values not leased yet."""
+
+    def prefill(self, kind: NumberKind, count: int) -> None:
+        """Leases `count` counters that will never be served (for benchmarks)."""
+
+    def counters(self) -> dict[str, tuple[int, int, int]]:
+        """Per kind: (next, accounted, skipped); empty where nothing was ever recorded."""
+
+    def account(self, unserved: dict[str, tuple[int, int]]) -> None:
+        """Per kind: (leased, served) by a process that exits cleanly; its leases close."""

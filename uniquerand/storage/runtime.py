@@ -16,6 +16,7 @@ stores in-process in tests) threads are OS threads. The stores never ask which; 
   gevent patches a worker only after the fork: a lock built at the fork would be a real OS lock in a gevent
   worker, whose `acquire` stops the whole worker while another greenlet holds it. Built at first use, every
   lock, queue and thread is of the kind the process runs with.
+- `TimedLock(timeout, busy)`: a lock whose `with` gives up after `timeout` seconds with the error `busy` makes.
 """
 
 from __future__ import annotations
@@ -143,3 +144,22 @@ def _new_os_threads() -> Any:
 
 
 _os_threads: PerProcess[Any] = PerProcess(_new_os_threads)
+
+
+class TimedLock:
+    """A thread lock whose `with` gives up after `timeout` seconds with the error `busy` makes. One object per
+    lock, made with it: /v5's typical request takes the lock, and building a wrapper for every `with` cost
+    about a tenth of that request's path in the store."""
+
+    __slots__ = ("_lock", "busy", "timeout")
+
+    def __init__(self, timeout: float, busy: Callable[[], BaseException]) -> None:
+        self._lock = threading.Lock()
+        self.timeout, self.busy = timeout, busy
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise self.busy()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
