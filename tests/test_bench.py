@@ -16,8 +16,8 @@ import pytest
 
 from tests.postgres import database_for
 from tests.support import STAGE_NAMES
+from uniquerand.bench.capacity import Capacity, ceilings
 from uniquerand.bench.cluster import default_base
-from uniquerand.bench.cost import Capacity, ceilings
 from uniquerand.bench.results import Ledger, Row, median_rows
 
 SMALL = [

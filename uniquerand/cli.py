@@ -105,9 +105,9 @@ def _csv(kind: type):
                    "PostgreSQL row, the ceiling of one database server and the app hosts it carries.")  # fmt: skip
 def bench_command(**params) -> None:
     """Compare every stage side by side: requests/s, numbers/s, ratio to /healthz, latency, duplicates."""
-    from uniquerand.bench.cost import cost_table
-    from uniquerand.bench.report import table
-    from uniquerand.bench.runner import BenchOptions, run_bench
+    from uniquerand.bench.options import BenchOptions
+    from uniquerand.bench.report import cost_table, table
+    from uniquerand.bench.runner import run_bench
     from uniquerand.bench.server import BenchError
 
     bad_types = set(params["kinds"]) - {"int", "float"}

@@ -276,14 +276,6 @@ def _lsn(position: int) -> str:
     return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
-def pgbench_path() -> Path | None:
-    try:
-        path = bin_folder() / "pgbench"
-    except ClusterError:
-        return None
-    return path if path.exists() else None
-
-
 def redacted(url: str) -> str:
     """`url` without its password."""
     parts = urlsplit(url)

@@ -10,84 +10,25 @@ import platform
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from uniquerand.bench import procfs
+from uniquerand.bench.capacity import Capacity, measure_capacity
 from uniquerand.bench.chart import draw_chart
-from uniquerand.bench.cost import (
-    STATS_SETTLE,
-    Capacity,
-    CostRow,
-    measure_capacity,
-    measure_costs,
-    with_host_rates,
-)
+from uniquerand.bench.cost import STATS_SETTLE, CostRow, measure_costs, with_host_rates
 from uniquerand.bench.database import BenchDatabase, redacted
-from uniquerand.bench.load import LoadResult, wrk_path
+from uniquerand.bench.load import wrk_path
+from uniquerand.bench.measure import measure_row, progress_line
+from uniquerand.bench.options import BenchOptions, BenchOutcome
 from uniquerand.bench.prefill import prefill_instance, prefill_on_postgres
-from uniquerand.bench.pyclient import run_python
 from uniquerand.bench.report import write_json
-from uniquerand.bench.results import Ledger, Row, build_row, median_rows, side_by_side, with_baseline_around
-from uniquerand.bench.server import BenchError, ExternalServer, GunicornServer, Server, wait_until_idle
-from uniquerand.bench.spaces import KEYED_LUA, SPREAD_LUA, create_spaces, space_targets, verifiable_targets
+from uniquerand.bench.results import Ledger, Row, median_rows, side_by_side, with_baseline_around
+from uniquerand.bench.server import BenchError, ExternalServer, GunicornServer, Server
+from uniquerand.bench.spaces import create_spaces, space_targets, verifiable_targets
 from uniquerand.bench.targets import HEALTHZ, Target, plan
-from uniquerand.bench.wrk import run_wrk
 
 Say = Callable[..., None]  # say(message, fg=None): progress for the terminal
-
-
-@dataclass
-class BenchOptions:
-    url: str | None = None
-    workers: int | None = None
-    threads: int | None = None
-    worker_class: str | None = None
-    prefills: tuple[int, ...] = (0,)
-    stages: tuple[str, ...] = ()
-    kinds: tuple[str, ...] = ("int", "float")
-    count: int | None = None
-    # Named spaces made on /v5 before the rows (0: none, and no named-space rows).
-    spaces: int = 0
-    # Rows of /v5's verifiable draws: a new Idempotency-Key per request, and signed batches against unsigned ones.
-    verifiable: bool = False
-    concurrency: int = 32
-    duration: int = 10
-    # Seconds of the same load before each row's measured window, so that every worker has served the
-    # endpoint (tables built, connections and leases taken); its numbers are checked for duplicates too.
-    warmup: int = 1
-    # "each": every row's ratio divides by the mean of the /healthz runs measured just before and just after it,
-    # so that a shared machine's drift over the minutes of a run does not land on the ratios; "once": the
-    # level's first /healthz row.
-    baseline: str = "each"
-    # Passes over every row of a level (against the same server and ledger): the table shows each row's median
-    # round, so one unlucky minute of a shared machine does not decide a row.
-    repeat: int = 1
-    client: str = "auto"  # auto, wrk or python
-    request_timeout: float = 30.0
-    idle_timeout: float = 120.0
-    output: Path = Path("bench-results")
-    chart: bool = True
-    # A second server keeps /v3-/v5 in this PostgreSQL database (one the bench may fill), or with `postgres`
-    # in a throwaway cluster the bench starts; its rows are labelled /v3-pg etc.
-    database_url: str | None = None
-    postgres: bool = False
-    # What each PostgreSQL row costs the database server, and the ceiling of one server (bench.cost).
-    cost: bool = False
-
-
-@dataclass
-class BenchOutcome:
-    rows: list[Row]  # every round's
-    medians: list[Row]  # per row, its median round (see results.median_rows), side by side (results.side_by_side)
-    json_path: Path
-    chart_path: Path | None
-    duplicates: int
-    warnings: list[str]
-    costs: list[CostRow] = field(default_factory=list)
-    capacity: Capacity | None = None
 
 
 @dataclass
@@ -230,7 +171,7 @@ def _run_level(
             no_warmup = replace(options, warmup=0)
 
             def run_once(target: Target) -> Row:
-                return _run_row(no_warmup, level, target, pg.server, generator, executable, ledger, None, workdir)
+                return measure_row(no_warmup, level, target, pg.server, generator, executable, ledger, None, workdir)
 
             say("--cost: one more run of each PostgreSQL row between two readings of the server's statistics")
             quiet, idle = options.duration + STATS_SETTLE, options.idle_timeout
@@ -285,7 +226,7 @@ def _run_round(
     targets = segment.targets
 
     def run(target: Target, baseline: float | None) -> Row:
-        return _run_row(options, level, target, segment.server, generator, executable, ledger, baseline, workdir)
+        return measure_row(options, level, target, segment.server, generator, executable, ledger, baseline, workdir)
 
     for number, target in enumerate(targets, 1):
         # With a baseline on both sides of each row, a later round starts from the last row's /healthz run: a
@@ -309,74 +250,6 @@ def _run_round(
         if row.idle_wait_s is None:
             warnings.append(f"{prefix}: the server was still busy after {options.idle_timeout:.0f}s")
             say(f"{prefix}: server still busy after {options.idle_timeout:.0f}s; measured anyway", fg="yellow")
-        say(_progress_line(prefix, row), fg="red" if row.duplicates else None)
+        say(progress_line(prefix, row), fg="red" if row.duplicates else None)
         rows.append(replace(row, round=round_number))
     return rows
-
-
-def _run_row(
-    options: BenchOptions,
-    level: int | None,
-    target: Target,
-    server: Server,
-    generator: str,
-    executable: str | None,
-    ledger: Ledger,
-    healthz_ok: float | None,
-    workdir: Path,
-) -> Row:
-    bodies = workdir / "row"
-    warmup_duplicates = 0
-    try:
-        if options.warmup:
-            wait_until_idle(server, options.idle_timeout)
-            warmup = _load(options, target, server, generator, executable, bodies, options.warmup)
-            warmup_duplicates = build_row(level, target, warmup, ledger, healthz_ok, [], 0.0, None).duplicates
-            shutil.rmtree(bodies)
-        idle = wait_until_idle(server, options.idle_timeout)
-        workers = server.worker_pids()
-        for pid in workers:
-            procfs.reset_peak_memory(pid)
-        cpu_before = procfs.cpu_seconds(workers)
-        load = _load(options, target, server, generator, executable, bodies, options.duration)
-        cpu = procfs.cpu_seconds(workers) - cpu_before
-        peaks = [kib for kib in map(procfs.peak_memory_kib, server.worker_pids()) if kib is not None]
-        row = build_row(level, target, load, ledger, healthz_ok, peaks, cpu, idle)
-        return replace(row, duplicates=row.duplicates + warmup_duplicates)
-    finally:
-        shutil.rmtree(bodies, ignore_errors=True)
-
-
-def _load(
-    options: BenchOptions,
-    target: Target,
-    server: Server,
-    generator: str,
-    executable: str | None,
-    bodies: Path,
-    duration: int,
-) -> LoadResult:
-    if generator == "wrk":
-        threads = min(os.cpu_count() or 1, options.concurrency)
-        path, lua, env = target.path, "", None
-        if target.spread:
-            path, lua = target.path.replace("{i}", "0"), SPREAD_LUA
-            env = {"BENCH_SPREAD": str(target.spread), "BENCH_SPREAD_PATH": target.path}
-        if target.variant == "keyed":
-            # A new prefix per load (warm-up, rounds): no key is ever sent twice, so nothing is a replay.
-            lua, env = KEYED_LUA, {"BENCH_KEY_PREFIX": uuid.uuid4().hex}
-        url = f"http://127.0.0.1:{server.port}{path}"
-        return run_wrk(
-            executable, url, options.concurrency, duration, threads, options.request_timeout, bodies, lua, env
-        )
-    return run_python(server.port, target.path, options.concurrency, duration, options.request_timeout, bodies)
-
-
-def _progress_line(prefix: str, row: Row) -> str:
-    statuses = " ".join(f"{status}:{n}" for status, n in row.statuses.items())
-    return (
-        f"{prefix}: {row.requests_per_s:,.0f} req/s, {row.numbers_per_s:,.0f} numbers/s, "
-        f"ratio {row.ratio_to_healthz or 0:.2f} (/healthz {row.healthz_ok_per_s or 0:,.0f}/s), "
-        f"p99 {row.latency_ms.get('p99') or 0:,.1f} ms, {statuses or 'no responses'}, "
-        f"{row.duplicates} duplicates, cli cpu {row.client_cpu_percent:.0f}%"
-    )
