@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from uniquerand.storage.contract import StoreBusyError
@@ -54,19 +54,18 @@ class ReplySql(Protocol):
     purge: str  # (now, limit)
 
 
+@dataclass
 class ReplyStore:
-    """The recorded replies of one stage, in the tables `sql` names, written through a group committer built
-    per process by `committer`."""
+    """The recorded replies of one stage, in the tables `sql` names, written through per-process group
+    committers: `claims` not durable, `records` durable."""
 
-    def __init__(self, sql: ReplySql, claims: Any, records: Any, label: str, ttl: float, stale: float) -> None:
-        """`claims`, `records`: per-process group committers, the first not durable, the second durable."""
-        self.sql = sql
-        self.label = label
-        self.ttl = ttl
-        self.stale = stale
-        self._claims_committer = claims
-        self._records_committer = records
-        self._claims = 0
+    sql: ReplySql
+    claims: Any
+    records: Any
+    label: str
+    ttl: float
+    stale: float
+    _claims: int = field(default=0, init=False)
 
     def claim(self, client: str, key: str, fingerprint: str) -> Reply:
         """Claims the key for a new request, or tells who has it: one durable write."""
@@ -75,7 +74,7 @@ class ReplyStore:
         self._claims += 1
         purge = self._claims % PURGE_EVERY == 0
         # One write, the first statement (the typical claim needs no savepoint); a purge's needs one.
-        return self._claims_committer.get().submit(
+        return self.claims.get().submit(
             lambda c: self._claim(c, client, key, fingerprint, owner, now, purge), writes_once=not purge
         )
 
@@ -83,12 +82,12 @@ class ReplyStore:
         """Records the answer under the caller's claim; False if the claim was taken over (send nothing)."""
         sql = self.sql
         job = lambda c: c.execute(sql.record, (status, body, client, key, owner)).rowcount == 1  # noqa: E731
-        return self._records_committer.get().submit(job, writes_once=True)
+        return self.records.get().submit(job, writes_once=True)
 
     def release(self, client: str, key: str, owner: str) -> None:
         """Drops the caller's claim: its request issued nothing, so a retry must be free to issue."""
         job = lambda c: c.execute(self.sql.release, (client, key, owner))  # noqa: E731
-        self._claims_committer.get().submit(job, writes_once=True)
+        self.claims.get().submit(job, writes_once=True)
 
     def _claim(self, c: Any, client: str, key: str, fingerprint: str, owner: str, now: float, purge: bool) -> Reply:
         sql = self.sql

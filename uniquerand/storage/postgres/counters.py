@@ -21,19 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
-from uniquerand.storage import runtime
+from uniquerand.storage import keyfile, runtime
 from uniquerand.storage.contract import InsufficientRemainingError, StoreError, StoreKeyError, StoreSettings
 from uniquerand.storage.holders import holder_alive, this_holder
-from uniquerand.storage.keyfile import (
-    FINGERPRINT_PREFIX,
-    NEW_FINGERPRINT,
-    PERMUTATIONS,
-    PermutationType,
-    create_key,
-    fingerprint,
-    permutation_row,
-    read_key,
-)
 from uniquerand.storage.leases import Lease
 from uniquerand.storage.postgres.counter_schema import (
     HEARTBEAT,
@@ -81,7 +71,7 @@ class PostgresCounters:
         counters.rows = {space.kind: row}
         return counters
 
-    def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+    def load_key_and_permutation(self) -> tuple[bytes, keyfile.PermutationType]:
         """The key, checked against the fingerprint the database keeps; with a new database, a new key is made
         and its fingerprint recorded in the same transaction, which locks the counter rows: one host creates it.
         Checked once per process: the stage's named spaces share the answer."""
@@ -90,7 +80,7 @@ class PostgresCounters:
             record.append(self._load_key_and_permutation())
         return record[0]
 
-    def _load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+    def _load_key_and_permutation(self) -> tuple[bytes, keyfile.PermutationType]:
         self.set_up()
         with self.database.transaction(self.label) as connection:
             # Hosts starting at once take turns here (the counter rows exist since the set-up): one creates the key.
@@ -98,10 +88,10 @@ class PostgresCounters:
             query = "SELECT kind FROM uniquerand_v5_counters WHERE kind = ANY(%s) ORDER BY kind FOR UPDATE"
             connection.execute(query, (list(KINDS),)).fetchall()
             query = "SELECT name, value FROM uniquerand_meta WHERE stage = %s AND starts_with(name, %s)"
-            found = connection.execute(query, (self.label, FINGERPRINT_PREFIX)).fetchall()
+            found = connection.execute(query, (self.label, keyfile.FINGERPRINT_PREFIX)).fetchall()
             rows = {name: bytes.fromhex(value) for name, value in found}
             leased = connection.execute("SELECT coalesce(max(next), 0) FROM uniquerand_v5_counters").fetchone()[0] > 0
-            key = read_key(self.key_path, self.label)
+            key = keyfile.read_key(self.key_path, self.label)
             if key is None:
                 if rows or leased:
                     raise StoreKeyError(
@@ -109,12 +99,12 @@ class PostgresCounters:
                         f"key file ({self.key_path}, set by UNIQUERAND_V5_KEY_FILE) from a host that serves it."
                     )
                 self.key_path.parent.mkdir(parents=True, exist_ok=True)
-                key = create_key(self.key_path, self.label)
+                key = keyfile.create_key(self.key_path, self.label)
                 connection.execute(
                     "INSERT INTO uniquerand_meta (stage, name, value) VALUES (%s, %s, %s)",
-                    (self.label, NEW_FINGERPRINT, fingerprint(key).hex()),
+                    (self.label, keyfile.NEW_FINGERPRINT, keyfile.fingerprint(key).hex()),
                 )
-                rows = {NEW_FINGERPRINT: fingerprint(key)}
+                rows = {keyfile.NEW_FINGERPRINT: keyfile.fingerprint(key)}
             if not rows:
                 raise StoreKeyError(
                     f"This host's {self.label} key file ({self.key_path}, set by UNIQUERAND_V5_KEY_FILE) was not made "
@@ -122,13 +112,13 @@ class PostgresCounters:
                     "would repeat that one's numbers. Give this host the key of the hosts serving this database, or, "
                     "for a new deployment, move the key file away so that a new one is made. Nothing was changed."
                 )
-            name = permutation_row(rows, self.label, "database")
-            if rows[name] != fingerprint(key):
+            name = keyfile.permutation_row(rows, self.label, "database")
+            if rows[name] != keyfile.fingerprint(key):
                 raise StoreKeyError(
                     f"The {self.label} store's key is not the one its database is served with; it was left as is. "
                     "Every host must have the same key file."
                 )
-        return key, PERMUTATIONS[name]
+        return key, keyfile.PERMUTATIONS[name]
 
     def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
         self.set_up()

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from uniquerand.numbers import KINDS, NumberKind, NumberSpace
-from uniquerand.storage import runtime
+from uniquerand.storage import keyfile, runtime
 from uniquerand.storage.contract import (
     InsufficientRemainingError,
     StoreBusyError,
@@ -27,16 +27,6 @@ from uniquerand.storage.contract import (
     StoreSettings,
 )
 from uniquerand.storage.holders import holder_alive, this_holder
-from uniquerand.storage.keyfile import (
-    FINGERPRINT_PREFIX,
-    NEW_FINGERPRINT,
-    PERMUTATIONS,
-    PermutationType,
-    create_key,
-    fingerprint,
-    permutation_row,
-    read_key,
-)
 from uniquerand.storage.leases import Lease
 from uniquerand.storage.sqlite.counter_schema import LEASE, PREFILL, RECORD_LEASE, SCHEMA
 from uniquerand.storage.sqlite.database import open_published, transaction, translated_errors
@@ -73,7 +63,7 @@ class SqliteCounters:
         counters.rows = {space.kind: row}
         return counters
 
-    def load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+    def load_key_and_permutation(self) -> tuple[bytes, keyfile.PermutationType]:
         """The key, checked against the one-way fingerprint the database keeps of it, and the permutation its
         counters are served with (named by the fingerprint's row, see `keyfile.PERMUTATIONS`).
 
@@ -88,26 +78,28 @@ class SqliteCounters:
             process.key_record = self._load_key_and_permutation()
         return process.key_record
 
-    def _load_key_and_permutation(self) -> tuple[bytes, PermutationType]:
+    def _load_key_and_permutation(self) -> tuple[bytes, keyfile.PermutationType]:
         with self.database() as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 leased = connection.execute("SELECT max(next) FROM counters").fetchone()[0] > 0
                 query = "SELECT name, value FROM meta WHERE substr(name, 1, ?) = ?"
-                rows = dict(connection.execute(query, (len(FINGERPRINT_PREFIX), FINGERPRINT_PREFIX)).fetchall())
-                key = read_key(self.key_path, self.label)
+                rows = dict(
+                    connection.execute(query, (len(keyfile.FINGERPRINT_PREFIX), keyfile.FINGERPRINT_PREFIX)).fetchall()
+                )
+                key = keyfile.read_key(self.key_path, self.label)
                 if key is None:
                     if leased or rows:
                         raise StoreKeyError(
                             f"The {self.label} store's key is missing but its counters have been used: a new key "
                             "would re-issue numbers. Restore the key file from where the counters came from."
                         )
-                    key = create_key(self.key_path, self.label)
+                    key = keyfile.create_key(self.key_path, self.label)
                     query = "INSERT INTO meta (name, value) VALUES (?, ?)"
-                    connection.execute(query, (NEW_FINGERPRINT, fingerprint(key)))
-                    rows = {NEW_FINGERPRINT: fingerprint(key)}
-                name = permutation_row(rows, self.label, FILE_NAME)
-                if rows[name] != fingerprint(key):
+                    connection.execute(query, (keyfile.NEW_FINGERPRINT, keyfile.fingerprint(key)))
+                    rows = {keyfile.NEW_FINGERPRINT: keyfile.fingerprint(key)}
+                name = keyfile.permutation_row(rows, self.label, FILE_NAME)
+                if rows[name] != keyfile.fingerprint(key):
                     raise StoreKeyError(
                         f"The {self.label} store's key is not the one its counters were used with; it was left as is."
                     )
@@ -116,7 +108,7 @@ class SqliteCounters:
                     connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
-        return key, PERMUTATIONS[name]
+        return key, keyfile.PERMUTATIONS[name]
 
     def lease(self, kind: NumberKind, need: int, want: int, tail: int) -> Lease | None:
         """Counters [start, stop), at least `need` and at most `want` of them (exactly `need` once no more than
@@ -264,4 +256,4 @@ class _Connection:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.connection: sqlite3.Connection | None = None
-        self.key_record: tuple[bytes, PermutationType] | None = None
+        self.key_record: tuple[bytes, keyfile.PermutationType] | None = None
