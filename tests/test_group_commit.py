@@ -25,7 +25,8 @@ def _committer(tmp_path):
         return open_published(path, 5.0, prepare, "t")
 
     target = SqliteTarget("t.db", opener, tmp_path / "t.db.lock", "t")
-    return GroupCommitter([target], 5.0, lambda: StoreBusyError.of("t"), offload=False), opener
+    # Waits long enough for a loaded machine: the test waits on conditions, never on this.
+    return GroupCommitter([target], 60.0, lambda: StoreBusyError.of("t"), offload=False), opener
 
 
 def test_items_of_one_group_run_as_one_call_and_each_gets_its_own_value(tmp_path):
@@ -39,7 +40,7 @@ def test_items_of_one_group_run_as_one_call_and_each_gets_its_own_value(tmp_path
         return [item * 10 for item in items]
 
     # The first job holds the writer until every other item is queued, so they land in one group.
-    blocker = threading.Thread(target=committer.submit, args=(lambda c: gate.wait(5),))
+    blocker = threading.Thread(target=committer.submit, args=(lambda c: gate.wait(60),))
     blocker.start()
     values: dict[int, int] = {}
     threads = [
@@ -48,8 +49,9 @@ def test_items_of_one_group_run_as_one_call_and_each_gets_its_own_value(tmp_path
     ]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 10
-    while committer._queue.qsize() < 20 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while committer._queue.qsize() < 20:
+        assert time.monotonic() < deadline, "the items were never queued"
         time.sleep(0.01)
     gate.set()
     for thread in (blocker, *threads):
