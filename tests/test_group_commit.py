@@ -40,8 +40,15 @@ def test_items_of_one_group_run_as_one_call_and_each_gets_its_own_value(tmp_path
         return [item * 10 for item in items]
 
     # The first job holds the writer until every other item is queued, so they land in one group.
-    blocker = threading.Thread(target=committer.submit, args=(lambda c: gate.wait(60),))
+    running = threading.Event()
+
+    def block(connection) -> None:
+        running.set()
+        gate.wait(60)
+
+    blocker = threading.Thread(target=committer.submit, args=(block,))
     blocker.start()
+    assert running.wait(60), "the first job never ran"
     values: dict[int, int] = {}
     threads = [
         threading.Thread(target=lambda i=i: values.__setitem__(i, committer.submit_batched(insert_all, i)))
