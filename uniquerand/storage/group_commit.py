@@ -5,9 +5,10 @@ atomic rewrite per group), /v3's database, /v4's shards. A committer has one wri
 the process that uses it, and a `Target` per file or database it may write (a group goes to one of them,
 drawn at random). A job runs inside a savepoint of the group's transaction (or, when its only write is its
 last statement, needs none), so a job that fails undoes only its own writes; every job's value is handed
-back only after the commit returned: nothing is served before it is durable. A caller waits `wait_timeout`
-at most; a job it gave up on is skipped if it has not started, and if it has, its codes are burned (written,
-never served).
+back only after the commit returned: nothing is served before it is durable. Jobs submitted with
+`submit_batched` and the same batch function run as one call per group (a signed draw's serials: one
+statement for the group). A caller waits `wait_timeout` at most; a job it gave up on is skipped if it has
+not started, and if it has, its codes are burned (written, never served).
 
 `Target` is the small transaction protocol a backend implements: `begin` takes the target's cross-process
 lock and starts a transaction, `commit` makes it durable, `abort` drops it; both release the lock.
