@@ -13,11 +13,21 @@ from uniquerand import create_app
 from uniquerand.storage.postgres.database import Database
 
 
-def pytest_collection_modifyitems(items):
-    """Every test on the suite's PostgreSQL server is marked `postgres` (`-m "not postgres"` skips them)."""
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the slower tier (tests marked slow; CI runs it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test on the suite's PostgreSQL server is marked `postgres` (`-m "not postgres"` skips them); the
+    tests marked `slow` run only with --slow, so that the default run stays within minutes."""
     for item in items:
         if "postgres" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+    if not config.getoption("--slow"):
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(autouse=True)

@@ -89,7 +89,7 @@ def test_bench_python_client(runner, tmp_path):
         assert row["healthz_ok_per_s"] == pytest.approx(sum(row["healthz_around"]) / 2, abs=0.1)
 
 
-@pytest.mark.parametrize("baseline", ["once", "each"])
+@pytest.mark.parametrize("baseline", [pytest.param("once", marks=pytest.mark.slow), "each"])
 def test_bench_repeat_runs_every_row_each_round_and_shows_the_median(runner, tmp_path, baseline):
     result, document = bench(
         runner, tmp_path, "--client", "python", "--stages", "v5", "--types", "int", "--no-chart", "--repeat", "3",
@@ -201,6 +201,7 @@ def test_median_rows_pick_each_rows_middle_round_and_count_every_rounds_duplicat
     ]
 
 
+@pytest.mark.slow
 def test_bench_measures_the_postgres_stages_beside_the_file_ones(runner, tmp_path, postgres):
     url = database_for(tmp_path / "bench")
 
@@ -232,6 +233,7 @@ def test_bench_measures_the_postgres_stages_beside_the_file_ones(runner, tmp_pat
         assert connection.execute("SELECT to_regclass('uniquerand_v3_int')").fetchone() == (None,)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.skipif(not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reason="no PostgreSQL server binaries")
 def test_bench_starts_a_throwaway_cluster_measures_the_cost_and_removes_it(runner, tmp_path):
