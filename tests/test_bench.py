@@ -67,6 +67,7 @@ def test_bench_measures_every_stage_after_a_prefill(runner, tmp_path):
     assert "numbers already issued per stage and type: 20" in result.output
 
 
+@pytest.mark.slow
 def test_bench_python_client(runner, tmp_path):
     result, document = bench(
         runner, tmp_path, "--client", "python", "--stages", "v3", "--types", "float", "--count", "2", "--no-chart",

@@ -121,7 +121,8 @@ def test_flask_init_shards_from_a_venv_of_requirements_txt(server_bin, tmp_path)
     assert "int_shard_0.db: added 1500, available 1500" in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("venv", ["server_bin", "bench_bin"])
+# The bench venv (matplotlib) is slow to build: its two tests are in the slow tier.
+@pytest.mark.parametrize("venv", ["server_bin", pytest.param("bench_bin", marks=pytest.mark.slow)])
 def test_flask_bench_help_from_the_venvs_the_readme_names(request, venv):
     bin_folder = request.getfixturevalue(venv)
     result = subprocess.run(
@@ -145,6 +146,7 @@ def test_flask_bench_from_a_venv_of_requirements_txt_runs_without_the_chart(serv
     assert not list((tmp_path / "out").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_the_bench_venv_draws_the_chart(bench_bin, tmp_path):
     # The one thing requirements-bench.txt adds: matplotlib for the PNG chart.
     code = "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"
