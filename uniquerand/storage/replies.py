@@ -68,7 +68,7 @@ class ReplyStore:
     _claims: int = field(default=0, init=False)
 
     def claim(self, client: str, key: str, fingerprint: str) -> Reply:
-        """Claims the key for a new request, or tells who has it: one durable write."""
+        """Claims the key for a new request, or tells who has it: one write, flushed by the next record's."""
         owner = uuid.uuid4().hex
         now = time.time()
         self._claims += 1

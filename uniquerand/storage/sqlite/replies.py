@@ -54,8 +54,12 @@ def sqlite_replies(folder: Path, label: str, lock_timeout: float, ttl: float, st
                 connection.execute("PRAGMA synchronous=NORMAL")
             return connection
 
-        # One lock file for both: their transactions take turns like any two writers of the file.
-        target = SqliteTarget(FILE_NAME, opener, path.with_name(FILE_NAME + ".lock"), label)
-        return runtime.PerProcess(lambda: new_committer(target, lock_timeout, label, offload=True))
+        def build():
+            # One lock file for both: their transactions take turns like any two writers of the file. The target
+            # is built in the process that writes (it keeps a connection and the lock's descriptor).
+            target = SqliteTarget(FILE_NAME, opener, path.with_name(FILE_NAME + ".lock"), label)
+            return new_committer(target, lock_timeout, label, offload=True)
+
+        return runtime.PerProcess(build)
 
     return ReplyStore(SqliteReplySql(), committer(False), committer(True), label, ttl, stale)
