@@ -109,6 +109,33 @@ def test_identical_requests_at_once_issue_once(make_server, engine):
     assert_rest_is_everything_else([server.port], "burst", json.loads(bodies.pop())["numbers"])
 
 
+def test_identical_draws_of_the_stage_space_at_once_send_one_answer(make_server, engine):
+    # /v5/random's short way: every request may draw, but only the first answer recorded is ever sent.
+    server = make_server(workers=3, env={**SETTINGS, **engine})
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda _: raw_get(server.port, "/v5/random?count=5", "same"), range(48)))
+    assert {status for status, _, _ in answers} == {200}, answers
+    bodies = {body for _, body, _ in answers}
+    assert len(bodies) == 1, bodies
+    fresh = [headers for _, _, headers in answers if "idempotent-replayed" not in headers]
+    assert len(fresh) == 1, f"{len(fresh)} responses claim to be the first"
+
+
+def test_kill_9_around_recording_a_stage_draw(make_server, engine):
+    server = make_server(workers=2, env={**SETTINGS, **engine}, app="tests.crash_app:app")
+    # Killed before its one write: nothing of it is in the store, no claim to wait out; the retry issues at once.
+    with contextlib.suppress(http.client.HTTPException, OSError):
+        raw_get(server.port, "/v5/random?count=4", "die-before-record-2")
+    status, body, headers = raw_get(server.port, "/v5/random?count=4", "die-before-record-2")
+    assert status == 200 and "idempotent-replayed" not in headers
+    assert raw_get(server.port, "/v5/random?count=4", "die-before-record-2")[1] == body
+    # Killed after it: the retry replays what was recorded and never sent.
+    with pytest.raises((http.client.HTTPException, OSError)):
+        raw_get(server.port, "/v5/random?count=4", "die-after-record-2")
+    status, body, headers = raw_get(server.port, "/v5/random?count=4", "die-after-record-2")
+    assert status == 200 and headers["idempotent-replayed"] == "true" and len(json.loads(body)["numbers"]) == 4
+
+
 def test_kill_9_after_recording_the_retry_replays_the_recorded_answer(make_server):
     server = make_server(workers=2, env=SETTINGS, app="tests.crash_app:app")
     new_space(server.port, "crash")

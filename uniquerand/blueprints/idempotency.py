@@ -16,7 +16,7 @@ from uniquerand.blueprints.common import JSON_MIMETYPE
 from uniquerand.errors import InvalidParameterError
 from uniquerand.logs import event
 from uniquerand.storage.contract import StoreBusyError, StoreError, StoreUnavailableError
-from uniquerand.storage.replies import ReplyStore
+from uniquerand.storage.replies import Reply, ReplyStore
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +65,33 @@ def idempotency_key() -> str | None:
     return key
 
 
-def answered_once(replies: ReplyStore, key: str, answer: Callable[[], object]):
-    """`answer()` (the view) run at most once for the key: the recorded response of an earlier run, or a new
-    run's, recorded before it is returned."""
+def answered_once(replies: ReplyStore, key: str, answer: Callable[[], object], writes: bool = True):
+    """`answer()` (the view) sent at most once for the key: the recorded response of an earlier run, or a new
+    run's, recorded before it is returned. With `writes` (the default) the answer runs only under a claim of
+    the key, so identical requests at once run it once. Without, the answer must write nothing of its own: it
+    runs first and is recorded with its claim in one write; a retry, or identical requests at once, each run
+    it, and send the first recorded answer: the numbers of the others are burned (`storage.replies`)."""
     client = g.get("client_name", "")
     # The request is its path and query, as sent: a retry is the same request byte for byte.
     fingerprint = hashlib.sha256(request.full_path.encode("utf-8", "surrogateescape")).hexdigest()
+    if not writes:
+        response = current_app.make_response(answer())
+        if response.status_code != 200:
+            return response
+        reply = replies.record_new(client, key, fingerprint, response.status_code, response.get_data())
+        if reply.claimed:
+            return response
+        # The key has a row already (a retry, or an identical request that recorded first): its answer is
+        # sent, and this one's numbers are burned.
+        if (replayed := _replayed(reply, fingerprint)) is not None:
+            return replayed
     deadline, wait = time.monotonic() + current_app.config["LOCK_TIMEOUT"], POLL_FIRST
     while True:
         reply = replies.claim(client, key, fingerprint)
         if reply.claimed:
             break
-        if reply.fingerprint != fingerprint:
-            raise KeyReusedError()
-        if reply.body is not None:
-            response = current_app.response_class(reply.body, status=reply.status, mimetype=JSON_MIMETYPE)
-            response.headers[REPLAYED] = "true"
-            return response
+        if (replayed := _replayed(reply, fingerprint)) is not None:
+            return replayed
         if time.monotonic() >= deadline:
             raise InProgressError()
         time.sleep(wait)
@@ -103,6 +113,17 @@ def answered_once(replies: ReplyStore, key: str, answer: Callable[[], object]):
     # burned: the retry replays them if the record did land, else it takes the claim over and issues anew.
     if not replies.record(client, key, reply.owner, response.status_code, response.get_data()):
         raise InProgressError()
+    return response
+
+
+def _replayed(reply: Reply, fingerprint: str):
+    """The recorded response of someone else's row; None while it is pending; 422 for another request's key."""
+    if reply.fingerprint != fingerprint:
+        raise KeyReusedError()
+    if reply.body is None:
+        return None
+    response = current_app.response_class(reply.body, status=reply.status, mimetype=JSON_MIMETYPE)
+    response.headers[REPLAYED] = "true"
     return response
 
 

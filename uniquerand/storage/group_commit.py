@@ -11,7 +11,10 @@ statement for the group). A caller waits `wait_timeout` at most; a job it gave u
 not started, and if it has, its codes are burned (written, never served).
 
 `Target` is the small transaction protocol a backend implements: `begin` takes the target's cross-process
-lock and starts a transaction, `commit` makes it durable, `abort` drops it; both release the lock.
+lock and starts a transaction, `commit` makes it durable, `abort` drops it; both release the lock. A target
+whose single statements are durable transactions of their own (a PostgreSQL connection in autocommit) may
+also offer `begin_alone` and `end_alone`: a group that is one statement (jobs submitted with `one_statement`:
+one job, or one batch function's items) then runs without BEGIN and COMMIT, one round trip instead of three.
 With `offload`, the lock wait and the transaction run on a real OS thread under gevent (`runtime`), so that
 the worker serves other requests meanwhile; without it they run on the writer itself (the JSON file's
 lock polls with a sleep, which gevent makes cooperative).
@@ -67,15 +70,34 @@ BatchJob = Callable[[Any, list[Any]], list[Any]]
 
 
 class _Pending:
-    __slots__ = ("abandoned", "batch", "done", "error", "item", "job", "needs_savepoint", "posted", "target", "value")
+    __slots__ = (
+        "abandoned",
+        "batch",
+        "done",
+        "error",
+        "item",
+        "job",
+        "needs_savepoint",
+        "one_statement",
+        "posted",
+        "target",
+        "value",
+    )
 
     def __init__(
-        self, job: Job | None, needs_savepoint: bool, posted: bool = False, batch: BatchJob | None = None, item=None
+        self,
+        job: Job | None,
+        needs_savepoint: bool,
+        posted: bool = False,
+        batch: BatchJob | None = None,
+        item=None,
+        one_statement: bool = False,
     ) -> None:
         self.job = job
         self.batch = batch
         self.item = item
         self.needs_savepoint = needs_savepoint
+        self.one_statement = one_statement
         self.posted = posted
         self.abandoned = False
         # Held until the job's transaction ended: the cheapest wake-up CPython has (one futex, where an Event
@@ -119,11 +141,16 @@ class GroupCommitter:
         """`submit`, returning the name of the target the job ran in with its value."""
         return self._wait(_Pending(job, needs_savepoint=not writes_once), timeout)
 
-    def submit_batched(self, batch: BatchJob, item: Any, timeout: float | None = None) -> Any:
+    def submit_batched(
+        self, batch: BatchJob, item: Any, timeout: float | None = None, one_statement: bool = False
+    ) -> Any:
         """Like `submit`, for jobs whose writes are cheaper together: the items submitted with the same `batch`
         that land in one group run as one call `batch(handle, items)` (in one savepoint: they fail together),
-        which returns one value per item. On a server, one statement for a group instead of one per request."""
-        return self._wait(_Pending(None, needs_savepoint=True, batch=batch, item=item), timeout)[1]
+        which returns one value per item. On a server, one statement for a group instead of one per request.
+        `one_statement`: the call runs one statement, which fails whole or not at all (no savepoint), and which
+        may be a transaction of its own (`begin_alone`)."""
+        pending = _Pending(None, needs_savepoint=not one_statement, batch=batch, item=item, one_statement=one_statement)
+        return self._wait(pending, timeout)[1]
 
     def _wait(self, pending: _Pending, timeout: float | None) -> tuple[str, Any]:
         self._queue.put(pending)
@@ -164,13 +191,20 @@ class GroupCommitter:
         """Runs and commits the jobs of `batch` (plus, with `gather`, those that arrived while the lock was
         awaited) whose callers still wait; returns them."""
         target = self._targets[0] if len(self._targets) == 1 else random.choice(self._targets)
+        alone = hasattr(target, "begin_alone")
+        if alone:
+            if gather:  # a target without a lock to wait for: the group is known before it begins
+                self._gather(batch)
+                gather = False
+            alone = _one_statement(batch)
         try:
-            handle = target.begin()
+            handle = target.begin_alone() if alone else target.begin()
         except StoreError as err:
             if gather:
                 # The jobs queued while it failed would wait for a next attempt that fails the same way.
                 self._gather(batch)
             return self._fail(batch, err)
+        end = target.end_alone if alone else target.abort
         try:
             if gather:
                 # The jobs that arrived while this writer waited for other processes join this transaction:
@@ -187,11 +221,15 @@ class GroupCommitter:
             for job, pendings in batched.items():
                 self._run_batch(target, handle, job, pendings)
         except Exception as err:  # a savepoint that failed (a full disk), or a fault in this module
-            target.abort(handle)
+            end(handle)
             return self._fail(batch, target.translate(err))
         except BaseException:
-            target.abort(handle)
+            end(handle)
             raise
+        if alone:
+            # The statement was its own transaction: committed (durable) when it returned, or it raised.
+            end(handle)
+            return batch
         try:
             target.commit(handle)
         except StoreError as err:
@@ -214,7 +252,8 @@ class GroupCommitter:
 
     def _run_batch(self, target: Target, handle: Any, job: BatchJob, pendings: list[_Pending]) -> None:
         items = [pending.item for pending in pendings]
-        whole = _Pending(lambda h: job(h, items), needs_savepoint=True)
+        # Submitted with the same function, the items agree on whether it writes once.
+        whole = _Pending(lambda h: job(h, items), needs_savepoint=pendings[0].needs_savepoint)
         self._run_job(target, handle, whole)
         for index, pending in enumerate(pendings):
             pending.error = whole.error
@@ -239,3 +278,11 @@ class GroupCommitter:
         exc_info = None if detail else (type(error), error, error.__traceback__)
         fields = {"writer": self._name, "error": str(error), **({"detail": detail} if detail else {})}
         log.warning("posted_job_failed", exc_info=exc_info, extra={"event": "posted_job_failed", "fields": fields})
+
+
+def _one_statement(batch: list[_Pending]) -> bool:
+    """Whether the group's live jobs are one statement: one job or one batch function's items."""
+    live = [pending for pending in batch if not pending.abandoned]
+    if not live or not all(pending.one_statement for pending in live):
+        return False
+    return len(live) == 1 or (live[0].batch is not None and all(p.batch == live[0].batch for p in live))

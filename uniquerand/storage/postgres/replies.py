@@ -28,15 +28,26 @@ SCHEMA = [
 EXPIRES_INDEX = f"{TABLE}_expires"
 
 
+# A new row, or one that expired or whose claim went stale (same request, no answer, `stale` seconds old).
+TAKE_OVER = (
+    "ON CONFLICT (client, key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, "
+    "claimed = excluded.claimed, expires = excluded.expires, status = excluded.status, body = excluded.body "
+    "WHERE r.expires <= excluded.claimed OR (r.body IS NULL "
+    "AND r.fingerprint = excluded.fingerprint AND r.claimed < excluded.claimed - %s) "
+    "RETURNING client, key, owner"
+)
+
+
 class PostgresReplySql:
     claim = (
         f"INSERT INTO {TABLE} AS r (client, key, fingerprint, owner, claimed, expires) "
-        "VALUES (%s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (client, key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, "
-        "claimed = excluded.claimed, expires = excluded.expires, status = NULL, body = NULL "
-        "WHERE r.expires <= excluded.claimed OR (r.body IS NULL "
-        "AND r.fingerprint = excluded.fingerprint AND r.claimed < excluded.claimed - %s) "
-        "RETURNING owner"
+        f"VALUES (%s, %s, %s, %s, %s, %s) {TAKE_OVER}"
+    )
+    # One text whatever the group's size (psycopg converts and prepares it once): a column of values per array.
+    insert_rows = (
+        f"INSERT INTO {TABLE} AS r (client, key, fingerprint, owner, claimed, expires, status, body) "
+        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], "
+        f"%s::integer[], %s::bytea[]) {TAKE_OVER}"
     )
     select = f"SELECT fingerprint, owner, claimed, status, body FROM {TABLE} WHERE client = %s AND key = %s"
     record = f"UPDATE {TABLE} SET status = %s, body = %s WHERE client = %s AND key = %s AND owner = %s AND body IS NULL"
@@ -45,6 +56,9 @@ class PostgresReplySql:
         f"DELETE FROM {TABLE} WHERE (client, key) IN "
         f"(SELECT client, key FROM {TABLE} WHERE expires <= %s ORDER BY expires LIMIT %s FOR UPDATE SKIP LOCKED)"
     )
+
+    def insert(self, rows: list[tuple], stale: float) -> tuple[str, tuple]:
+        return self.insert_rows, (*(list(column) for column in zip(*rows, strict=True)), stale)
 
 
 def _index(connection) -> None:
@@ -56,12 +70,20 @@ def _index(connection) -> None:
 def postgres_replies(database: Database, label: str, lock_timeout: float, ttl: float, stale: float) -> ReplyStore:
     set_up_label = f"{label} replies"
 
+    def set_up() -> None:
+        database.set_up(set_up_label, SCHEMA, {}, then=_index)
+
     def committer(durable: bool):
         def build():
-            database.set_up(set_up_label, SCHEMA, {}, then=_index)
+            set_up()
             # psycopg waits cooperatively under gevent: the writer needs no OS thread of its own.
             return new_committer(database.target(TABLE, label, durable), lock_timeout, label, offload=False)
 
         return runtime.PerProcess(build)
 
-    return ReplyStore(PostgresReplySql(), committer(False), committer(True), label, ttl, stale)
+    def read(statement: str, args: tuple):
+        set_up()  # done once per process: a set lookup after that
+        with database.connection(label) as connection:
+            return connection.execute(statement, args).fetchone()
+
+    return ReplyStore(PostgresReplySql(), committer(False), committer(True), read, label, ttl, stale)

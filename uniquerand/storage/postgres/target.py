@@ -72,3 +72,19 @@ class PostgresTarget:
         error = StoreUnavailableError(f"The {self.label} store cannot be used: an unexpected error occurred.")
         error.detail = f"{type(err).__name__}: {err}"
         return error
+
+
+class DurablePostgresTarget(PostgresTarget):
+    """A durable target whose group of one statement is that statement alone, on an autocommit connection: the
+    server commits it durably (synchronous_commit=on) before it answers, so the group costs one round trip, not
+    BEGIN, the statement and COMMIT. A statement that fails wrote nothing; one whose answer is lost raises, and
+    its group's values are burned like those of a COMMIT whose answer was lost."""
+
+    def begin_alone(self) -> Any:
+        try:
+            return self._database._pool.get().getconn(timeout=self._database.connect_wait)
+        except Exception as err:
+            raise self.translate(err) from err
+
+    def end_alone(self, connection: Any) -> None:
+        self._database._pool.get().putconn(connection)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from uniquerand.storage import runtime
 from uniquerand.storage.replies import ReplyStore, new_committer
-from uniquerand.storage.sqlite.database import open_published
+from uniquerand.storage.sqlite.database import open_published, translated_errors
 from uniquerand.storage.sqlite.target import SqliteTarget
 
 FILE_NAME = "replies.db"
@@ -22,14 +22,19 @@ CREATE INDEX IF NOT EXISTS replies_expires ON replies (expires);
 """
 
 
+# A new row, or one that expired or whose claim went stale (same request, no answer, `stale` seconds old).
+TAKE_OVER = (
+    "ON CONFLICT (client, key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, "
+    "claimed = excluded.claimed, expires = excluded.expires, status = excluded.status, body = excluded.body "
+    "WHERE replies.expires <= excluded.claimed OR (replies.body IS NULL "
+    "AND replies.fingerprint = excluded.fingerprint AND replies.claimed < excluded.claimed - ?) "
+    "RETURNING client, key, owner"
+)
+
+
 class SqliteReplySql:
     claim = (
-        "INSERT INTO replies (client, key, fingerprint, owner, claimed, expires) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (client, key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, "
-        "claimed = excluded.claimed, expires = excluded.expires, status = NULL, body = NULL "
-        "WHERE replies.expires <= excluded.claimed OR (replies.body IS NULL "
-        "AND replies.fingerprint = excluded.fingerprint AND replies.claimed < excluded.claimed - ?) "
-        "RETURNING owner"
+        f"INSERT INTO replies (client, key, fingerprint, owner, claimed, expires) VALUES (?, ?, ?, ?, ?, ?) {TAKE_OVER}"
     )
     select = "SELECT fingerprint, owner, claimed, status, body FROM replies WHERE client = ? AND key = ?"
     record = "UPDATE replies SET status = ?, body = ? WHERE client = ? AND key = ? AND owner = ? AND body IS NULL"
@@ -38,6 +43,15 @@ class SqliteReplySql:
         "DELETE FROM replies WHERE (client, key) IN "
         "(SELECT client, key FROM replies WHERE expires <= ? ORDER BY expires LIMIT ?)"
     )
+
+    def insert(self, rows: list[tuple], stale: float) -> tuple[str, tuple]:
+        # A text per group size, kept in sqlite3's statement cache like any other.
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+        statement = (
+            f"INSERT INTO replies (client, key, fingerprint, owner, claimed, expires, status, body) VALUES {values} "
+            + TAKE_OVER
+        )
+        return statement, (*(value for row in rows for value in row), stale)
 
 
 def sqlite_replies(folder: Path, label: str, lock_timeout: float, ttl: float, stale: float) -> ReplyStore:
@@ -62,4 +76,13 @@ def sqlite_replies(folder: Path, label: str, lock_timeout: float, ttl: float, st
 
         return runtime.PerProcess(build)
 
-    return ReplyStore(SqliteReplySql(), committer(False), committer(True), label, ttl, stale)
+    def read(statement: str, args: tuple):
+        # Only when a key turned out to have a row already: a connection of its own, closed at once.
+        with translated_errors(label):
+            connection = open_published(path, lock_timeout, prepare, label)
+            try:
+                return connection.execute(statement, args).fetchone()
+            finally:
+                connection.close()
+
+    return ReplyStore(SqliteReplySql(), committer(False), committer(True), read, label, ttl, stale)
