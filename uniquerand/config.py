@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": "",
     # Connections each worker process may open to it (a deployment needs hosts x workers x this many).
     "DATABASE_POOL_SIZE": 8,
+    # A database with asynchronous standbys (one promoted after a crash may lack served numbers): "refuse" to
+    # serve from it, or "warn" and serve.
+    "ASYNC_REPLICATION": "refuse",
     # A file of access-token hashes (`flask tokens create NAME` writes it; relative to INSTANCE_PATH). When
     # set, /vN/random and /vN/stats need `Authorization: Bearer <token>`. Empty: every path is open.
     "TOKENS_FILE": "",
@@ -201,6 +204,9 @@ def _validate_v4(config: dict) -> None:
 def _validate_database(config: dict) -> None:
     url = config["DATABASE_URL"] = str(config["DATABASE_URL"] or "").strip()
     config["DATABASE_POOL_SIZE"] = _integer(config, "DATABASE_POOL_SIZE", 2, 1000)
+    policy = config["ASYNC_REPLICATION"] = str(config["ASYNC_REPLICATION"] or "").strip().lower()
+    if policy not in ("refuse", "warn"):
+        raise ConfigError(f"ASYNC_REPLICATION must be refuse or warn, got {config['ASYNC_REPLICATION']!r}.")
     if not url:
         return
     # Checked without the driver, which must not be imported before a gevent worker patched itself.

@@ -176,7 +176,12 @@ def _named_spaces(settings: StoreSettings, catalog: SpaceCatalog, config: dict) 
 
 def _postgres_stages(settings: Callable[[str], StoreSettings], config: dict) -> tuple[Stage, ...]:
     """/v3, /v4 and /v5 on the PostgreSQL database of DATABASE_URL, which every server pointed at it shares."""
-    database = Database(config["DATABASE_URL"], pool_size=config["DATABASE_POOL_SIZE"], timeout=config["LOCK_TIMEOUT"])
+    database = Database(
+        config["DATABASE_URL"],
+        pool_size=config["DATABASE_POOL_SIZE"],
+        timeout=config["LOCK_TIMEOUT"],
+        async_replication=config["ASYNC_REPLICATION"],
+    )
     return (
         Stage(
             "v3",

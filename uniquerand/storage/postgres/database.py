@@ -11,12 +11,15 @@ never at import time: the gunicorn master imports the app's modules before any w
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from uniquerand.logs import event
 from uniquerand.storage import runtime
 from uniquerand.storage.contract import StoreBusyError, StoreCorruptError, StoreError, StoreUnavailableError
 from uniquerand.storage.postgres.schema import META, Table, check_recorded, space_settings
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 # Taken by every schema setup, so that hosts starting at once create each table once (concurrent
 # CREATE TABLE IF NOT EXISTS can fail on the catalog's unique index). The value is arbitrary: b"uniq".
 SCHEMA_LOCK = 0x756E6971
+log = logging.getLogger(__name__)
 # SQLSTATE classes: a lock or statement timeout, a serialization conflict: a retry may succeed.
 BUSY_STATES = ("55P03", "57014", "40001", "40P01")
 # A table of ours that has other columns or types than this release made: not ours to change.
@@ -36,10 +40,13 @@ FOREIGN_STATES = ("42703", "42804", "42P01", "42883", "22003")
 class Database:
     """The PostgreSQL database at `url`, shared by the PostgreSQL stores of an app; a pool per process."""
 
-    def __init__(self, url: str, *, pool_size: int, timeout: float) -> None:
+    def __init__(self, url: str, *, pool_size: int, timeout: float, async_replication: str = "refuse") -> None:
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
+        # What an asynchronous standby makes of a store: "refuse" it (a failover could serve numbers again), or
+        # "warn" and serve (`check_replication`).
+        self.async_replication = async_replication
         # A request waits `timeout` in all: for a connection a quarter of it, for a lock half, so that a database
         # that cannot be reached is told as such, not as a busy store.
         self.connect_wait = timeout / 4
@@ -85,6 +92,7 @@ class Database:
                 return
             with self.transaction(label) as connection:
                 _check_durable(connection, label)
+                check_replication(connection, label, self.async_replication)
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 for table in (META, *tables):
                     table.create(connection)
@@ -94,19 +102,21 @@ class Database:
             state.done.add(label)
 
     def target(self, name: str, label: str, durable: bool = True) -> PostgresTarget:
-        from uniquerand.storage.postgres.target import PostgresTarget  # it builds on this module's functions
+        # It builds on this module's functions.
+        from uniquerand.storage.postgres.target import DurablePostgresTarget, PostgresTarget
 
-        return PostgresTarget(name, self, label, durable)
+        return DurablePostgresTarget(name, self, label) if durable else PostgresTarget(name, self, label, durable)
 
     def check(self, label: str) -> None:
-        """Raises unless a connection answers now (readiness). The answer is kept for a second: the stages of a
-        database ask together, and one that cannot be reached would make each of them wait."""
+        """Raises unless a connection answers now, to a primary whose replication keeps commits (readiness:
+        `check_replication`). The answer is kept for a second: the stages of a database ask together, and one
+        that cannot be reached would make each of them wait."""
         health = self._health.get()
         with health.lock:
             if time.monotonic() - health.at >= 1.0:
                 try:
                     with self.connection(label) as connection:
-                        connection.execute("SELECT 1")
+                        check_replication(connection, label, self.async_replication, warn=False)
                     health.error = None
                 except StoreError as err:
                     health.error = err
@@ -128,6 +138,8 @@ class Database:
     def _open_pool(self) -> Any:
         from psycopg_pool import ConnectionPool
 
+        freshness = _Freshness(ConnectionPool.check_connection)
+
         # A statement waiting for a lock gives up before its request does: a request that gave up on a job
         # still running would burn what the job then commits.
         milliseconds = int(self.timeout * 1000 / 2)
@@ -137,8 +149,10 @@ class Database:
             max_size=self.pool_size,
             open=False,
             timeout=self.connect_wait,
-            # A connection broken by a server restart is found out (and replaced) before it is lent out.
-            check=ConnectionPool.check_connection,
+            # A connection broken by a server restart or a failover is found out (and replaced) before it is
+            # lent out, if it sat idle; one in use just now costs no round trip (`_Freshness`).
+            check=freshness.check,
+            reset=freshness.returned,
             # Connecting gives up in time; a retry after the server is back opens a new connection.
             reconnect_timeout=max(self.timeout, 1.0),
             kwargs={
@@ -154,6 +168,26 @@ class Database:
         return pool
 
 
+class _Freshness:
+    """The pool's check of a connection before lending it: a round trip to the server only if the connection sat
+    idle for CHECK_AFTER_IDLE seconds. Checking every loan would cost a round trip per transaction; a connection
+    returned a moment ago is as good as its next statement, which fails like any lost server if it is not (a
+    503, and the pool drops the broken connection)."""
+
+    CHECK_AFTER_IDLE = 1.0
+
+    def __init__(self, round_trip: Callable[[Any], None]) -> None:
+        self._round_trip = round_trip
+        self._returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def returned(self, connection: Any) -> None:
+        self._returned[connection] = time.monotonic()
+
+    def check(self, connection: Any) -> None:
+        if connection.broken or time.monotonic() - self._returned.get(connection, -1e9) >= self.CHECK_AFTER_IDLE:
+            self._round_trip(connection)
+
+
 class _Health:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -165,6 +199,44 @@ class _SetUp:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.done: set[str] = set()
+
+
+def replication(connection: Any) -> str:
+    """How the database the connection writes to keeps a commit once it answered: "synchronous" (a COMMIT waits
+    for the standbys that `synchronous_standby_names` names), "single" (no standby streams from it), or
+    "asynchronous" (standbys stream from it, and a COMMIT waits for none of them: one promoted after a crash may
+    lack commits whose numbers were served), or "standby" (the server is itself a standby: read-only)."""
+    names, streaming, standby = connection.execute(
+        "SELECT current_setting('synchronous_standby_names'), (SELECT count(*) FROM pg_stat_replication), "
+        "pg_is_in_recovery()"
+    ).fetchone()
+    if standby:
+        return "standby"
+    if names.strip():
+        return "synchronous"
+    return "asynchronous" if streaming else "single"
+
+
+def check_replication(connection: Any, label: str, async_replication: str, warn: bool = True) -> str:
+    """The database's `replication`; raises (store_unavailable) for a standby, and for asynchronous standbys
+    unless `async_replication` is "warn", which serves (and logs a warning, with `warn`: at set-up, not at
+    every readiness check)."""
+    found = replication(connection)
+    if found == "standby":
+        raise StoreUnavailableError(
+            f"The {label} store's database is a read-only standby; give DATABASE_URL the primary, or every host "
+            "with target_session_attrs=read-write."
+        )
+    if found == "asynchronous":
+        message = (
+            f"The {label} store's database has asynchronous standbys: a failover to one could serve numbers "
+            "again. Make replication synchronous (synchronous_standby_names, or Patroni's synchronous_mode)"
+        )
+        if async_replication != "warn":
+            raise StoreUnavailableError(f"{message}, or set UNIQUERAND_ASYNC_REPLICATION=warn to accept that.")
+        if warn:
+            event(log, "replication_asynchronous", logging.WARNING, stage=label)
+    return found
 
 
 def _check_durable(connection: Any, label: str) -> None:
