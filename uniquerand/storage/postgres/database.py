@@ -217,8 +217,8 @@ def replication(connection: Any) -> str:
     return "asynchronous" if streaming else "single"
 
 
-def check_replication(connection: Any, label: str, async_replication: str, warn: bool = True) -> str:
-    """The database's `replication`; raises (store_unavailable) for a standby, and for asynchronous standbys
+def check_replication(connection: Any, label: str, async_replication: str, warn: bool = True) -> None:
+    """Checks the database's `replication`: raises (store_unavailable) for a standby, and for asynchronous standbys
     unless `async_replication` is "warn", which serves (and logs a warning, with `warn`: at set-up, not at
     every readiness check)."""
     found = replication(connection)
@@ -236,7 +236,6 @@ def check_replication(connection: Any, label: str, async_replication: str, warn:
             raise StoreUnavailableError(f"{message}, or set UNIQUERAND_ASYNC_REPLICATION=warn to accept that.")
         if warn:
             event(log, "replication_asynchronous", logging.WARNING, stage=label)
-    return found
 
 
 def _check_durable(connection: Any, label: str) -> None:
