@@ -81,6 +81,17 @@ def test_connections_commit_durably_whatever_the_database_default(postgres, data
         assert connection.execute("SHOW synchronous_commit").fetchone()[0] == "on"
 
 
+def test_the_urls_own_options_are_kept_beside_the_apps(postgres, database_url, tmp_path):
+    # docs/deploying.md: options=-csearch_path=... keeps the tables in a schema of their own.
+    postgres.sql("CREATE SCHEMA IF NOT EXISTS mine", dbname=name_of(database_url))
+    store = stores(tmp_path, f"{database_url}?options=-csearch_path%3Dmine")["v3"]
+    issue(store)
+    with store.database.connection("v3") as connection:
+        assert connection.execute("SHOW lock_timeout").fetchone()[0] != "0"
+        query = "SELECT schemaname FROM pg_tables WHERE tablename = 'uniquerand_v3_int'"
+        assert connection.execute(query).fetchall() == [("mine",)]
+
+
 def test_a_server_without_fsync_is_refused(database_url, tmp_path):
     server = require_local_cluster()
     server.sql("ALTER SYSTEM SET fsync = off")

@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     # A database with asynchronous standbys (one promoted after a crash may lack served numbers): "refuse" to
     # serve from it, or "warn" and serve.
     "ASYNC_REPLICATION": "refuse",
+    # What DATABASE_URL reaches: "none", PostgreSQL itself; "pgbouncer", a pooler that may lend each
+    # transaction another server connection, and refuses or drops the settings a client gives at connection
+    # start: no session state is then used (no connection options, no prepared statements).
+    "DATABASE_POOLER": "none",
     # A file of access-token hashes (`flask tokens create NAME` writes it; relative to INSTANCE_PATH). When
     # set, /vN/random and /vN/stats need `Authorization: Bearer <token>`. Empty: every path is open.
     "TOKENS_FILE": "",
@@ -207,6 +211,9 @@ def _validate_database(config: dict) -> None:
     policy = config["ASYNC_REPLICATION"] = str(config["ASYNC_REPLICATION"] or "").strip().lower()
     if policy not in ("refuse", "warn"):
         raise ConfigError(f"ASYNC_REPLICATION must be refuse or warn, got {config['ASYNC_REPLICATION']!r}.")
+    pooler = config["DATABASE_POOLER"] = str(config["DATABASE_POOLER"] or "").strip().lower()
+    if pooler not in ("none", "pgbouncer"):
+        raise ConfigError(f"DATABASE_POOLER must be none or pgbouncer, got {config['DATABASE_POOLER']!r}.")
     if not url:
         return
     # Checked without the driver, which must not be imported before a gevent worker patched itself.

@@ -181,6 +181,7 @@ def _postgres_stages(settings: Callable[[str], StoreSettings], config: dict) -> 
         pool_size=config["DATABASE_POOL_SIZE"],
         timeout=config["LOCK_TIMEOUT"],
         async_replication=config["ASYNC_REPLICATION"],
+        pooler=config["DATABASE_POOLER"],
     )
     return (
         Stage(

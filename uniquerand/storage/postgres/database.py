@@ -41,16 +41,35 @@ FOREIGN_STATES = ("42703", "42804", "42P01", "42883", "22003")
 class Database:
     """The PostgreSQL database at `url`, shared by the PostgreSQL stores of an app; a pool per process."""
 
-    def __init__(self, url: str, *, pool_size: int, timeout: float, async_replication: str = "refuse") -> None:
+    def __init__(
+        self, url: str, *, pool_size: int, timeout: float, async_replication: str = "refuse", pooler: str = "none"
+    ) -> None:
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
         # What an asynchronous standby makes of a store: "refuse" it (a failover could serve numbers again), or
         # "warn" and serve (`check_replication`).
         self.async_replication = async_replication
+        # "pgbouncer": the server connection may change from one transaction to the next, so the app keeps no
+        # session state (`begin_statement`, `_open_pool`).
+        self.pooler = pooler
         # A request waits `timeout` in all: for a connection a quarter of it, for a lock half, so that a database
         # that cannot be reached is told as such, not as a busy store.
         self.connect_wait = timeout / 4
+        # A statement waiting for a lock gives up before its request does: a request that gave up on a job
+        # still running would burn what the job then commits.
+        self.lock_wait_ms = int(timeout * 1000 / 2)
+        self.settings = {
+            "synchronous_commit": "on",
+            "lock_timeout": self.lock_wait_ms,
+            "idle_in_transaction_session_timeout": max(self.lock_wait_ms * 4, 60_000),
+        }
+        # What opens a transaction. Behind PgBouncer, the settings go with each transaction (SET LOCAL, in the
+        # same round trip: no parameters, so the simple protocol takes every statement at once).
+        self.begin_statement = "BEGIN"
+        if pooler == "pgbouncer":
+            self.begin_statement += "".join(f"; SET LOCAL {name} TO {value}" for name, value in self.settings.items())
+        self._refused = _Refusal()
         self._pool = runtime.PerProcess(self._open_pool)
         self._set_up = runtime.PerProcess(_SetUp)
         self._health = runtime.PerProcess(_Health)
@@ -58,15 +77,15 @@ class Database:
     @contextmanager
     def connection(self, label: str) -> Iterator[Any]:
         """A connection of this process's pool (autocommit: transactions are explicit), errors translated."""
-        with translated_errors(label), self._pool.get().connection(timeout=self.connect_wait) as connection:
-            yield connection
+        with translated_errors(label, self._refused), self._pool.get().connection(timeout=self.connect_wait) as c:
+            yield c
 
     @contextmanager
     def transaction(self, label: str) -> Iterator[Any]:
         """BEGIN ... COMMIT on a pooled connection; ROLLBACK if the block raises. A COMMIT whose answer is lost
         raises (store_unavailable): whatever it wrote is never served by this process."""
         with self.connection(label) as connection:
-            connection.execute("BEGIN")
+            connection.execute(self.begin_statement)
             try:
                 yield connection
             except BaseException:
@@ -92,7 +111,7 @@ class Database:
             if label in state.done:
                 return
             with self.transaction(label) as connection:
-                _check_durable(connection, label)
+                self._check_settings(connection, label)
                 check_replication(connection, label, self.async_replication)
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 for table in (META, *tables):
@@ -117,6 +136,7 @@ class Database:
             if time.monotonic() - health.at >= 1.0:
                 try:
                     with self.connection(label) as connection:
+                        self._check_settings(connection, label)
                         check_replication(connection, label, self.async_replication, warn=False)
                     health.error = None
                 except StoreError as err:
@@ -136,16 +156,46 @@ class Database:
         pool = self._pool.built()
         return pool is not None and pool.closed
 
+    def lend_failed(self, err: BaseException, label: str) -> StoreError:
+        """The store error for a connection the pool could not lend (`store_error`, told why when a pooler
+        refused the connection's settings)."""
+        return store_error(err, label, self._refused)
+
     def _open_pool(self) -> Any:
+        from psycopg import Connection
         from psycopg_pool import ConnectionPool
 
         freshness = _Freshness(ConnectionPool.check_connection)
+        refused = self._refused
 
-        # A statement waiting for a lock gives up before its request does: a request that gave up on a job
-        # still running would burn what the job then commits.
-        milliseconds = int(self.timeout * 1000 / 2)
+        class _Watched(Connection):
+            """Keeps why the last connection attempt failed: the pool retries in the background, and a request
+            that times out waiting for it would otherwise not know."""
+
+            @classmethod
+            def connect(cls, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    connection = super().connect(*args, **kwargs)
+                except Exception as err:
+                    refused.note(err)
+                    raise
+                refused.note(None)
+                return connection
+
+        if self.pooler == "pgbouncer":
+            # No startup options (PgBouncer refuses them: `begin_statement` sets them per transaction), and no
+            # server-side prepared statements (another client's transaction may get the server connection).
+            kwargs: dict[str, Any] = {"prepare_threshold": None}
+        else:
+            # Client options override the server's, database's and role's defaults. The URL's own options (a
+            # search_path, say) are kept: a keyword would replace them.
+            from psycopg.conninfo import conninfo_to_dict
+
+            ours = [f"-c {name}={value}" for name, value in self.settings.items()]
+            kwargs = {"options": " ".join([conninfo_to_dict(self.url).get("options") or "", *ours]).strip()}
         pool = ConnectionPool(
             self.url,
+            connection_class=_Watched,
             min_size=1,
             max_size=self.pool_size,
             open=False,
@@ -156,17 +206,51 @@ class Database:
             reset=freshness.returned,
             # Connecting gives up in time; a retry after the server is back opens a new connection.
             reconnect_timeout=max(self.timeout, 1.0),
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(1, int(self.timeout)),
-                # Client options override the server's, database's and role's defaults.
-                "options": f"-c synchronous_commit=on -c lock_timeout={milliseconds} "
-                f"-c idle_in_transaction_session_timeout={max(milliseconds * 4, 60_000)}",
-            },
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(self.timeout)), **kwargs},
             name="uniquerand",
         )
         pool.open(wait=False)
         return pool
+
+    def _check_settings(self, connection: Any, label: str) -> None:
+        """Refuses a server that could lose a commit it acknowledged (fsync off), a connection that would not
+        wait for the WAL (synchronous_commit), and connection options that did not arrive: a pooler such as
+        PgBouncer (with ignore_startup_parameters) dropped them, and only DATABASE_POOLER=pgbouncer works there."""
+        fsync, synchronous, lock_timeout = connection.execute(
+            "SELECT current_setting('fsync'), current_setting('synchronous_commit'), "
+            "(SELECT setting FROM pg_settings WHERE name = 'lock_timeout')"
+        ).fetchone()
+        if fsync != "on":
+            raise StoreUnavailableError(
+                f"The {label} store's database runs with fsync=off: a crash could lose numbers it confirmed and "
+                "serve them again. Refusing to serve from it; turn fsync on."
+            )
+        if synchronous != "on" and synchronous != "remote_apply":
+            hint = (
+                " Behind PgBouncer a single statement runs with the role's setting: ALTER ROLE ... SET "
+                "synchronous_commit = on."
+                if self.pooler == "pgbouncer"
+                else ""
+            )
+            raise StoreUnavailableError(
+                f"The {label} store's connections run with synchronous_commit={synchronous}; refusing to serve.{hint}"
+            )
+        if self.pooler != "pgbouncer" and lock_timeout != str(self.lock_wait_ms):
+            raise StoreUnavailableError(
+                f"The {label} store's connections lack the settings given when they open (lock_timeout is "
+                f"{lock_timeout} ms, not {self.lock_wait_ms}): a pooler such as PgBouncer dropped them. Set "
+                "UNIQUERAND_DATABASE_POOLER=pgbouncer."
+            )
+
+
+class _Refusal:
+    """Why the pool's last attempt to connect failed, if it did (`Database.lend_failed`)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def note(self, err: BaseException | None) -> None:
+        self.reason = None if err is None else str(err)
 
 
 class _Freshness:
@@ -247,21 +331,6 @@ def check_replication(connection: Any, label: str, async_replication: str, warn:
             event(log, "replication_asynchronous", logging.WARNING, stage=label)
 
 
-def _check_durable(connection: Any, label: str) -> None:
-    fsync, synchronous = connection.execute(
-        "SELECT current_setting('fsync'), current_setting('synchronous_commit')"
-    ).fetchone()
-    if fsync != "on":
-        raise StoreUnavailableError(
-            f"The {label} store's database runs with fsync=off: a crash could lose numbers it confirmed and serve "
-            "them again. Refusing to serve from it; turn fsync on."
-        )
-    if synchronous != "on" and synchronous != "remote_apply":
-        raise StoreUnavailableError(
-            f"The {label} store's connections run with synchronous_commit={synchronous}; refusing to serve."
-        )
-
-
 def commit(connection: Any, label: str) -> None:
     """COMMIT, and a store error unless the server says it committed. A transaction in which a statement
     failed (a job of a group that had no savepoint, say) is rolled back by its COMMIT without an error: the
@@ -292,16 +361,25 @@ def faults() -> tuple[type[BaseException], ...]:
     return (Error, PoolTimeout)
 
 
-def store_error(err: BaseException, label: str) -> StoreError:
-    """The typed store error for a driver exception; the driver's text (which may name hosts) goes to `detail`."""
+def store_error(err: BaseException, label: str, refused: _Refusal | None = None) -> StoreError:
+    """The typed store error for a driver exception; the driver's text (which may name hosts) goes to `detail`.
+    `refused`: why the pool last failed to connect, for a connection it could not lend."""
     from psycopg import OperationalError
     from psycopg_pool import PoolTimeout
 
     if isinstance(err, StoreError):
         return err
     state = getattr(err, "sqlstate", None) or ""
-    if isinstance(err, PoolTimeout):
+    reason = refused.reason if refused is not None else None
+    if isinstance(err, PoolTimeout) and reason is not None and "unsupported startup parameter" in reason:
         error: StoreError = StoreUnavailableError(
+            f"The {label} store's database refuses the settings a connection gives when it opens: a pooler such "
+            "as PgBouncer is in the way. Set UNIQUERAND_DATABASE_POOLER=pgbouncer."
+        )
+        error.detail = f"{type(err).__name__}: {err}; the last connection attempt: {reason}"
+        return error
+    if isinstance(err, PoolTimeout):
+        error = StoreUnavailableError(
             f"The {label} store's database cannot be reached, or all its connections are in use; retry shortly."
         )
     elif state.startswith(BUSY_STATES):
@@ -324,12 +402,12 @@ def store_error(err: BaseException, label: str) -> StoreError:
 
 
 @contextmanager
-def translated_errors(label: str) -> Iterator[None]:
+def translated_errors(label: str, refused: _Refusal | None = None) -> Iterator[None]:
     try:
         yield
     except StoreError:
         raise
     except Exception as err:
         if isinstance(err, faults()):
-            raise store_error(err, label) from err
+            raise store_error(err, label, refused) from err
         raise

@@ -27,13 +27,11 @@ class PostgresTarget:
 
     def begin(self) -> Any:
         pool = self._database._pool.get()
+        connection = self._lend()
         try:
-            connection = pool.getconn(timeout=self._database.connect_wait)
-        except Exception as err:
-            raise self.translate(err) from err
-        try:
-            # One round trip either way (no parameters: the simple protocol takes both statements at once).
-            connection.execute("BEGIN" if self.durable else "BEGIN; SET LOCAL synchronous_commit TO off")
+            # One round trip either way (no parameters: the simple protocol takes every statement at once).
+            begin = self._database.begin_statement
+            connection.execute(begin if self.durable else f"{begin}; SET LOCAL synchronous_commit TO off")
         except Exception as err:
             pool.putconn(connection)
             raise self.translate(err) from err
@@ -66,6 +64,14 @@ class PostgresTarget:
             rollback(connection)
             self._database._pool.get().putconn(connection)
 
+    def _lend(self) -> Any:
+        try:
+            return self._database._pool.get().getconn(timeout=self._database.connect_wait)
+        except Exception as err:
+            if isinstance(err, self.faults):
+                raise self._database.lend_failed(err, self.label) from err
+            raise self.translate(err) from err
+
     def translate(self, err: BaseException) -> StoreError:
         if isinstance(err, self.faults):
             return store_error(err, self.label)
@@ -81,10 +87,7 @@ class DurablePostgresTarget(PostgresTarget):
     its group's values are burned like those of a COMMIT whose answer was lost."""
 
     def begin_alone(self) -> Any:
-        try:
-            return self._database._pool.get().getconn(timeout=self._database.connect_wait)
-        except Exception as err:
-            raise self.translate(err) from err
+        return self._lend()
 
     def end_alone(self, connection: Any) -> None:
         self._database._pool.get().putconn(connection)
