@@ -117,6 +117,18 @@ def test_a_single_number_is_written_as_jsonify_writes_it(make_app, settings, kin
     assert written.headers == expected.headers
 
 
+@pytest.mark.parametrize("codes", [[1], [-(2**53 - 1), 0, 2**53 - 1], list(range(-500, 500))])
+def test_a_batch_of_ints_is_written_as_jsonify_writes_it(make_app, codes):
+    """A batch of ints is written by hand too (a batch of 1000 spent more in jsonify than in its draw)."""
+    app = make_app(**WIDEST)
+    space = app.extensions["uniquerand"]["spaces"]["int"]
+    with app.test_request_context("/"):
+        written = numbers_response(space, codes, count=len(codes))
+        expected = jsonify({"numbers": codes})
+    assert written.get_data() == expected.get_data()
+    assert written.headers == expected.headers
+
+
 def test_healthz_is_written_as_jsonify_writes_it(app):
     """`/healthz`, the benchmark's baseline, is written the same way as a single number."""
     response = app.test_client().get("/healthz")

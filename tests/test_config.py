@@ -66,6 +66,7 @@ def test_test_config_overrides_environment(monkeypatch, make_app):
         ({"V3_SETTLE_AT": "many"}, "V3_SETTLE_AT"),
         ({"ASYNC_REPLICATION": "allow"}, "ASYNC_REPLICATION"),
         ({"DATABASE_POOLER": "transaction"}, "DATABASE_POOLER"),
+        ({"V5_LEASE_GROWTH": 0}, "V5_LEASE_GROWTH"),
     ],
 )
 def test_invalid_settings_fail_at_startup_naming_the_setting(make_app, settings, named):

@@ -155,6 +155,36 @@ def test_v5_singles_and_batches_across_runs_follow_the_counter(make_app, instanc
     assert numbers == [1 + permutation(counter) for counter in range(1318)]
 
 
+@pytest.mark.parametrize(("int_max", "largest"), [(10**9, 400), (10**5, 100)], ids=["large-space", "small-space"])
+def test_v5_leases_grow_for_a_fast_worker_and_shrink_when_it_slows(make_app, int_max, largest):
+    # Blocks of 100 that may grow 4 times: in a space of over 1000 leases of 400, a worker that asks for a
+    # lease within a second of the last doubles it up to 400, then halves it after 10 s per lease. A small
+    # space keeps blocks. The clock is the test's: one request every 10 ms, then one every 20 s.
+    app = make_app(INT_MIN=1, INT_MAX=int_max, V5_BLOCK_SIZE=100, V5_LEASE_GROWTH=4, MAX_COUNT=100)
+    store = app.extensions["uniquerand"]["stores"]["v5"]
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    numbers: list[int] = []
+
+    def serve(requests: int, step: float) -> list[int]:
+        sizes = []
+        for _ in range(requests):
+            numbers.extend(store.issue("int", 50).codes)
+            now[0] += step
+            sizes.append(store._process.get().leases["int"].lease_size)
+        return sizes
+
+    fast = serve(60, 0.01)
+    assert max(fast) == largest and fast[-1] == largest
+    assert sorted(set(fast)) == [size for size in (100, 200, 400) if size <= largest]
+    slow = serve(30, 20.0)
+    assert slow[-1] == 100
+    assert len(numbers) == len(set(numbers)) == 90 * 50
+    # What this worker holds unserved: at most the lease it serves from and the one taken ahead.
+    stats = store.stats()["int"]
+    assert stats["held_by_this_process"] <= 2 * largest
+
+
 def test_leases_take_one_leaves_every_boundary_to_the_general_path():
     permutation = AesRadixPermutation(bytes(32), 40)
     leases = Leases(permutation=permutation)

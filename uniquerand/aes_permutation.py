@@ -1,14 +1,15 @@
 """The permutation of new /v5 databases: FF1's alternating-modulus Feistel network over Z_a x Z_b with AES-256
-as its round function, computed for a run of indexes at once, so that a round of AES is one call for the run."""
+as its round function, computed for a run of indexes at once: a round is one AES call (or one table lookup)
+and a few numpy operations for the whole run, not a Python step per number."""
 
 from __future__ import annotations
 
 import hashlib
-import sys
 import threading
 from array import array
 from collections.abc import Sequence
 
+import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from uniquerand.permutation import (
@@ -20,14 +21,14 @@ from uniquerand.permutation import (
     check_range,
     permutation_context,
     radix_halves,
-    radix_pass_with_tables,
     round_table,
 )
 
 # The indexes computed together when the rounds encrypt: a run shares one AES call per round, and still
 # takes well under a millisecond (it is computed under /v5's process lock).
 RUN_WITH_AES = 512
-_LITTLE_ENDIAN = sys.byteorder == "little"
+# AES blocks (x || r) and their first words: 64-bit little-endian, on any platform.
+_WORD = np.dtype("<u8")
 
 
 class AesRadixPermutation:
@@ -46,8 +47,6 @@ class AesRadixPermutation:
 
     def __init__(self, key: bytes, size: int, tweak: bytes = b"", *, tables: bool | None = None) -> None:
         check_arguments(key, size)
-        if array("Q").itemsize != 8:
-            raise RuntimeError("array('Q') is not 64 bits wide on this platform.")
         self.size = size
         round_key = hashlib.blake2b(permutation_context(size, tweak), key=key, digest_size=32, person=b"uniquerand-v5a")
         # One encryptor for every call: making one costs more than encrypting a run (ECB keeps no state
@@ -58,15 +57,19 @@ class AesRadixPermutation:
         use_tables = self.a <= TABLE_MAX_INPUTS if tables is None else tables
         self.run_length = RUN_WITH_TABLES if use_tables else RUN_WITH_AES
         self._tables: list[array] | None = None
-        self._table_pairs: list[tuple[array, array]] = []
+        self._table_pairs: list[tuple[np.ndarray, np.ndarray]] = []
         if use_tables:
             # Round r reads the other half: b inputs for the even rounds (modulus a), a for the odd ones.
             rounds = [(self.a, self.b), (self.b, self.a)] * (ROUNDS // 2)
             self._tables = [
-                round_table([word % modulus for word in self._round_words(r, range(inputs))], modulus - 1)
+                round_table(self._round_words(r, np.arange(inputs), modulus).tolist(), modulus - 1)
                 for r, (modulus, inputs) in enumerate(rounds)
             ]
-            self._table_pairs = list(zip(self._tables[0::2], self._tables[1::2], strict=True))
+            # The same tables as arrays that numpy indexes by a whole run of halves at once.
+            self._table_pairs = [
+                (np.frombuffer(even, dtype=even.typecode), np.frombuffer(odd, dtype=odd.typecode))
+                for even, odd in zip(self._tables[0::2], self._tables[1::2], strict=True)
+            ]
 
     def __call__(self, index: int) -> int:
         check_index(index, self.size)
@@ -80,40 +83,35 @@ class AesRadixPermutation:
     def _walk(self, indexes: Sequence[int]) -> list[int]:
         """The network over `indexes`, then again over the values that fell outside [0, size) (cycle-walking;
         fewer than 1 in b), until none does."""
-        size = self.size
-        values = self._network(indexes)
-        outside = [i for i, value in enumerate(values) if value >= size]
-        while outside:
-            for i, value in zip(outside, self._network([values[i] for i in outside]), strict=True):
-                values[i] = value
-            outside = [i for i in outside if values[i] >= size]
-        return values
+        values = self._network(np.asarray(indexes, dtype=np.int64))
+        outside = np.flatnonzero(values >= self.size)
+        while outside.size:
+            values[outside] = self._network(values[outside])
+            outside = outside[values[outside] >= self.size]
+        return values.tolist()
 
-    def _network(self, values: Sequence[int]) -> list[int]:
-        """One pass of the 10 rounds over every value: a value at a time from the tables, else a round at a time."""
+    def _network(self, values: np.ndarray) -> np.ndarray:
+        """One pass of the 10 rounds over every value, a round at a time for the whole run (numpy: a run costs a
+        few array operations per round, not a Python step per number), from the tables or from AES. Values are
+        below 2**54 (`MAX_SIZE_BITS`), so int64 holds every sum and product."""
         a, b = self.a, self.b
+        lefts, rights = np.divmod(values, b)
         if self._tables is not None:
-            pairs = self._table_pairs
-            return [radix_pass_with_tables(value, a, b, pairs) for value in values]
-        lefts = [value // b for value in values]
-        rights = [value % b for value in values]
+            for even, odd in self._table_pairs:
+                lefts = (lefts + even[rights]) % a
+                rights = (rights + odd[lefts]) % b
+            return lefts * b + rights
         for r in range(0, ROUNDS, 2):
-            words = self._round_words(r, rights)
-            lefts = [(left + word) % a for left, word in zip(lefts, words, strict=True)]
-            words = self._round_words(r + 1, lefts)
-            rights = [(right + word) % b for right, word in zip(rights, words, strict=True)]
-        return [left * b + right for left, right in zip(lefts, rights, strict=True)]
+            lefts = (lefts + self._round_words(r, rights, a)) % a
+            rights = (rights + self._round_words(r + 1, lefts, b)) % b
+        return lefts * b + rights
 
-    def _round_words(self, r: int, inputs: Sequence[int]) -> list[int]:
-        """F_r(x) before its reduction, for every x of `inputs`: one AES-256 block (x || r) each, in one call."""
-        blocks = array("Q", bytes(16 * len(inputs)))
-        blocks[0::2] = array("Q", inputs)
-        blocks[1::2] = array("Q", [r]) * len(inputs)
-        if not _LITTLE_ENDIAN:
-            blocks.byteswap()
+    def _round_words(self, r: int, inputs: np.ndarray, modulus: int) -> np.ndarray:
+        """F_r(x) mod `modulus` for every x of `inputs`: one AES-256 block (x || r) each, in one call; int64, as
+        the halves are (a sum of int64 and uint64 would be float64)."""
+        blocks = np.empty((len(inputs), 2), dtype=_WORD)
+        blocks[:, 0] = inputs
+        blocks[:, 1] = r
         with self._encryptor_lock:
-            encrypted = self._encryptor.update(memoryview(blocks).cast("B"))
-        words = array("Q", encrypted)
-        if not _LITTLE_ENDIAN:
-            words.byteswap()
-        return words[0::2].tolist()
+            encrypted = self._encryptor.update(blocks.tobytes())
+        return (np.frombuffer(encrypted, dtype=_WORD)[0::2] % np.uint64(modulus)).astype(np.int64)

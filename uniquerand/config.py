@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "V3_SETTLE_AT": 100_000,
     # Counter values /v5 leases per durable write; a crash skips at most the unserved rest of a lease.
     "V5_BLOCK_SIZE": 1000,
+    # How many times V5_BLOCK_SIZE a lease may grow to for a worker that serves fast (fewer durable writes
+    # for large batches; a crash may skip up to three of the largest leases per worker and type). 1: fixed.
+    "V5_LEASE_GROWTH": 16,
     # /v4: available numbers each shard is filled up to, and the low-water mark below which a shard is
     # refilled in the background (None: half the shard size).
     "V4_SHARD_SIZE": 10000,
@@ -186,6 +189,7 @@ def validate(config: dict) -> None:
     config["LOG_LEVEL"] = level
     config["V3_SETTLE_AT"] = _integer(config, "V3_SETTLE_AT", 1, 100_000_000)
     config["V5_BLOCK_SIZE"] = _integer(config, "V5_BLOCK_SIZE", 1, 1_000_000)
+    config["V5_LEASE_GROWTH"] = _integer(config, "V5_LEASE_GROWTH", 1, 1024)
     config["IDEMPOTENCY_TTL"] = _integer(config, "IDEMPOTENCY_TTL", 1, 30 * 86400)
     _validate_v4(config)
     _validate_database(config)

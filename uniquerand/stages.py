@@ -138,7 +138,7 @@ def _sqlite_v5(settings: StoreSettings, config: dict) -> Stage:
         "named spaces of their own range under /v5/spaces.",
         "a key file (key, 0600) and SQLite databases: counters.db (counters, named spaces, leases), replies.db "
         "(recorded answers), draws.db (signed draws; their key is signing-key.json, 0600)",
-        LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
+        LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"], growth=config["V5_LEASE_GROWTH"]),
         named_spaces=_named_spaces(settings, SqliteSpaceCatalog(counters), config),
         replies=sqlite_replies(settings.folder, settings.label, settings.lock_timeout, *_reply_times(config)),
         signer=DrawSigner(
@@ -167,6 +167,7 @@ def _named_spaces(settings: StoreSettings, catalog: SpaceCatalog, config: dict) 
             space_settings,
             catalog.counters(record),
             block_size=config["V5_BLOCK_SIZE"],
+            growth=config["V5_LEASE_GROWTH"],
             tweak=f"{record.row}:",
             table_limit=SPACE_TABLE_LIMIT,
         )
@@ -215,7 +216,7 @@ def _postgres_v5(settings: StoreSettings, database: Database, config: dict) -> S
         "a key file (key, 0600, the same on every server) and the PostgreSQL tables uniquerand_v5_counters, "
         "uniquerand_v5_spaces, uniquerand_v5_leases, uniquerand_v5_holders, uniquerand_v5_replies, "
         "uniquerand_v5_draw_serials, uniquerand_v5_draws and uniquerand_v5_signing_keys",
-        LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"]),
+        LeasedCounterStore(settings, counters, block_size=config["V5_BLOCK_SIZE"], growth=config["V5_LEASE_GROWTH"]),
         named_spaces=_named_spaces(settings, PostgresSpaceCatalog(counters), config),
         replies=postgres_replies(database, settings.label, settings.lock_timeout, *_reply_times(config)),
         signer=DrawSigner(

@@ -55,6 +55,10 @@ class Leases:
     finished: list[int] = field(default_factory=list)
     leased: int = 0
     served: int = 0
+    # The size of the next lease taken ahead, and when the last one was asked for (`LeasedCounterStore`'s
+    # growth: a worker that serves its leases fast takes larger ones, in fewer durable writes).
+    lease_size: int = 0
+    asked_at: float = float("-inf")
     permutation: Permutation | None = None
     # (start, [P(start), P(start + 1), ...]): the indexes of the block's next counters, computed together
     # (`permutation.run_length` of them): a permutation's cost per number falls with the run (one AES call
