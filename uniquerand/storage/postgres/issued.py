@@ -12,6 +12,7 @@ burned (recorded, never served).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from uniquerand.numbers import KINDS, NumberKind
@@ -34,6 +35,12 @@ CLAIM_ONE = {
     "WHERE pg_try_advisory_xact_lock(code) ON CONFLICT DO NOTHING"
     for kind, table in TABLES.items()
 }
+# A group's single numbers in one statement (each a draw of its own; the same lock rule as CLAIM_ONE).
+CLAIM_EACH = {
+    kind: f"INSERT INTO {table} (code) SELECT code FROM unnest(%s::bigint[]) AS drawn (code) "
+    "WHERE pg_try_advisory_xact_lock(code) ON CONFLICT DO NOTHING RETURNING code"
+    for kind, table in TABLES.items()
+}
 # One statement for a whole round of draws; RETURNING names the codes that were new.
 CLAIM_MANY = {
     kind: f"INSERT INTO {table} (code) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING RETURNING code"
@@ -52,10 +59,17 @@ class PostgresStore(Store, Prefilling):
         super().__init__(settings)
         self.database = database
         self._committer = runtime.PerProcess(self._new_committer)
+        # One function per kind: the committer runs the items of one function that meet in a group as one call.
+        self._claim_each = {kind: partial(self._claim_group, kind) for kind in KINDS}
 
     def issue(self, kind: NumberKind, count: int = 1) -> Issued:
         self._set_up()
         if count == 1:
+            # The group's single numbers as one statement (one round trip, no BEGIN or COMMIT: `one_statement`);
+            # a draw that met a used code takes the general path, which draws again.
+            code = self._committer.get().submit_batched(self._claim_each[kind], None, one_statement=True)
+            if code is not None:
+                return Issued([code])
             job = lambda connection: self._claim_one(connection, kind)  # noqa: E731
             return Issued(self._committer.get().submit(job, writes_once=True))
         return Issued(self._committer.get().submit(lambda connection: self._claim(connection, kind, count)))
@@ -80,6 +94,18 @@ class PostgresStore(Store, Prefilling):
                 issued = self._count(connection, kind)
                 result[kind] = {"issued": issued, "space_size": space.size, "remaining": space.size - issued}
         return result
+
+    def _claim_group(self, kind: NumberKind, connection: Any, items: list[None]) -> list[int | None]:
+        """One draw per item, inserted by one statement: the new code of each item, or None for an item whose
+        draw was used (or drawn twice in the group, or in flight elsewhere)."""
+        space = self.spaces[kind]
+        codes = [space.draw() for _ in items]
+        inserted = {code for (code,) in connection.execute(CLAIM_EACH[kind], (codes,)).fetchall()}
+        answers: list[int | None] = []
+        for code in codes:
+            answers.append(code if code in inserted else None)
+            inserted.discard(code)  # a code drawn twice serves one item
+        return answers
 
     def _claim_one(self, connection: Any, kind: NumberKind) -> list[int]:
         """The common request: one draw, one statement. A used code takes the general path, in a savepoint:

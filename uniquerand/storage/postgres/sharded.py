@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from uniquerand.numbers import KINDS, NumberKind
@@ -77,11 +78,19 @@ class ShardedPostgresStore(Store, Prefilling):
                 for kind in KINDS
             }
         )
+        # One function per kind: the committer runs the items of one function that meet in a group as one call.
+        self._claim_each = {kind: partial(self._claim_group, kind) for kind in KINDS}
 
     def issue(self, kind: NumberKind, count: int = 1) -> Issued:
         """`count` codes with the shard each came from, durably claimed, never returned before."""
         self._set_up()
         committer = self._committers.get()[kind]
+        if count == 1:
+            # The group's single numbers as one claim from one shard (one round trip, no BEGIN or COMMIT:
+            # `one_statement`); one the shard ran short of takes the general path, which tries every shard.
+            claimed = committer.submit_batched(self._claim_each[kind], None, one_statement=True)
+            if claimed is not None:
+                return Issued([claimed[1]], [claimed[0]])
         try:
             # A single number's only write is its one successful claim; a batch may claim from both shards.
             claimed = committer.submit(lambda connection: self._claim(connection, kind, count), writes_once=count == 1)
@@ -124,6 +133,18 @@ class ShardedPostgresStore(Store, Prefilling):
                     "shards": shards,
                 }
         return result
+
+    def _claim_group(self, kind: NumberKind, connection: Any, items: list[None]) -> list[tuple[str, int] | None]:
+        """A row per item from one shard drawn at random, by one statement: (shard, code) per item, None for
+        the items the shard had no row for."""
+        names = shard_names(kind)
+        name = names[random.randrange(len(names))]
+        rows = connection.execute(
+            CLAIM[kind], {"shard": shard_index(name), "count": len(items), "name": name}
+        ).fetchall()
+        if len(rows) < len(items) or (rows and rows[-1][2] - rows[-1][0] < self.refill_at):
+            self.refiller.schedule(name)
+        return [(name, code) for _, code, _ in rows] + [None] * (len(items) - len(rows))
 
     def _claim(self, connection: Any, kind: NumberKind, count: int) -> list[tuple[str, int]]:
         """(shard, code) of `count` rows claimed from the kind's shards, starting at one drawn at random (which
