@@ -26,6 +26,7 @@ __all__ = [
     "EXTERNAL_URL",
     "SESSION",
     "SETTINGS",
+    "SMALL_SPACES",
     "Cluster",
     "ClusterError",
     "cluster",
@@ -40,6 +41,21 @@ EXTERNAL_URL = "TEST_POSTGRES_URL"
 # The session's server, published for child processes. Not UNIQUERAND_*: conftest.py deletes those.
 SESSION = "TEST_POSTGRES_SESSION"
 BASE: Path = clusters.default_base("test")
+
+
+# 3000 ints and 3000 floats: a lost update repeats a number at once. Small shards and leases, so that /v4
+# refills and /v5 leases all through a test's load.
+SMALL_SPACES = {
+    "INT_MIN": 1,
+    "INT_MAX": 3000,
+    "FLOAT_MIN": 0,
+    "FLOAT_MAX": 3,
+    "FLOAT_DECIMALS": 3,
+    "MAX_COUNT": 50,
+    "V4_SHARD_SIZE": 200,
+    "V4_REFILL_AT": 100,
+    "V5_BLOCK_SIZE": 20,
+}
 
 
 class Cluster(clusters.Cluster):

@@ -16,24 +16,13 @@ import pytest
 
 from tests.history import History
 from tests.pgbouncer import PgBouncer
-from tests.postgres import start, start_pair
+from tests.postgres import SMALL_SPACES, start, start_pair
 from tests.support import draw_space_to_its_end, get, put_json
 
 pytestmark = pytest.mark.postgres
 
-SETTINGS = {
-    # Small spaces (3000 numbers of each type), so that a number served twice is likely to show.
-    "INT_MIN": 1,
-    "INT_MAX": 3000,
-    "FLOAT_MIN": 0,
-    "FLOAT_MAX": 3,
-    "FLOAT_DECIMALS": 3,
-    "MAX_COUNT": 50,
-    "V4_SHARD_SIZE": 200,
-    "V4_REFILL_AT": 100,
-    "V5_BLOCK_SIZE": 20,
-    "LOCK_TIMEOUT": 5,
-}
+# Small spaces (3000 numbers of each type), so that a number served twice is likely to show.
+SETTINGS = {**SMALL_SPACES, "LOCK_TIMEOUT": 5}
 
 
 @pytest.fixture

@@ -21,23 +21,19 @@ from typing import Any
 import pytest
 
 from tests.history import KINDS, History, Operation
-from tests.postgres import Cluster, give_key, require_local_cluster, start, start_pair, wait_for_setting
+from tests.postgres import (
+    SMALL_SPACES,
+    Cluster,
+    give_key,
+    require_local_cluster,
+    start,
+    start_pair,
+    wait_for_setting,
+)
 from tests.support import GunicornServer, free_port, get
 
 STAGES = ("v3", "v4", "v5")
-# 3000 ints and 3000 floats: a lost update repeats a number at once. Small shards and leases, so that /v4
-# refills and /v5 leases all through the load.
-SMALL = {
-    "INT_MIN": 1,
-    "INT_MAX": 3000,
-    "FLOAT_MIN": 0,
-    "FLOAT_MAX": 3,
-    "FLOAT_DECIMALS": 3,
-    "MAX_COUNT": 50,
-    "V4_SHARD_SIZE": 200,
-    "V4_REFILL_AT": 100,
-    "V5_BLOCK_SIZE": 20,
-}
+SMALL = SMALL_SPACES
 # 300 ints (1..300) and 300 floats (0.00..2.99), served to the last one.
 TINY = {
     "INT_MIN": 1,
