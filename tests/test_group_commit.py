@@ -3,6 +3,7 @@ batch that fails undoes its own writes only."""
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 import time
@@ -83,3 +84,43 @@ def test_a_failing_batch_fails_all_its_items_and_writes_nothing_while_other_jobs
     committer.submit(lambda c: c.execute("INSERT INTO t (v) VALUES (3)"))
     with opener() as connection:
         assert sorted(v for (v,) in connection.execute("SELECT v FROM t")) == [1, 3]
+
+
+def _target(tmp_path, busy_timeout: float = 60.0) -> SqliteTarget:
+    path = tmp_path / "t.db"
+
+    def prepare(connection: sqlite3.Connection) -> None:
+        connection.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER PRIMARY KEY)")
+
+    return SqliteTarget("t.db", lambda: open_published(path, busy_timeout, prepare, "t"), tmp_path / "t.db.lock", "t")
+
+
+def test_try_begin_never_waits_and_leaves_the_lock_free_when_it_cannot_begin(tmp_path):
+    # SQLite's busy timeout is ten minutes: a try_begin that waited for its lock would still wait below.
+    target = _target(tmp_path, busy_timeout=600.0)
+    assert target.try_begin() is None  # no connection yet: the caller opens it in `begin`, off the loop
+    target.commit(target.begin())
+    # Another writer of the lock file (a second open file conflicts like another process).
+    with open(tmp_path / "t.db.lock", "a+b") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert target.try_begin() is None
+    # A writer that takes no lock file (an operator's shell) holding SQLite's write lock.
+    shell = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    tried: list = []
+    trying = threading.Thread(target=lambda: tried.append(target.try_begin()))
+    trying.start()
+    trying.join(60)
+    assert not trying.is_alive(), "try_begin waited for SQLite's lock"
+    assert tried == [None]
+    with open(tmp_path / "t.db.lock", "a+b") as other:  # it let go of the lock file
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    shell.rollback()
+    shell.close()
+    connection = target.try_begin()
+    assert connection is not None and connection.in_transaction
+    assert connection.execute("PRAGMA busy_timeout").fetchone() == (600000,)  # restored after its BEGIN
+    connection.execute("INSERT INTO t (v) VALUES (7)")
+    target.commit(connection)
+    with sqlite3.connect(tmp_path / "t.db") as reader:
+        assert reader.execute("SELECT v FROM t").fetchall() == [(7,)]

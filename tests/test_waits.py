@@ -22,6 +22,8 @@ from pathlib import Path
 import filelock
 import pytest
 
+from tests.support import get
+
 LOCK_TIMEOUT = 2
 
 
@@ -90,3 +92,31 @@ def test_a_request_waiting_for_a_lock_leaves_its_worker_serving(make_server, fil
     assert LOCK_TIMEOUT - 0.5 <= time.monotonic() - started <= LOCK_TIMEOUT + 5
     # Once the lock is free the stage serves again.
     assert server.get(f"/{stage}/random")[0] == 200
+
+
+# A keyed /v5 draw records its answer in replies.db: the writer begins on the worker's loop only when the lock
+# is free at once, and waits for another writer (of the lock file, or of SQLite's lock alone) on a thread.
+KEYED_HOLDERS = {
+    "lock file": lambda instance: flocked([instance / "v5" / "replies.db.lock"]),
+    "sqlite lock": lambda instance: sqlite_write_lock_held(instance / "v5" / "replies.db"),
+}
+
+
+@pytest.mark.parametrize("holder", sorted(KEYED_HOLDERS))
+def test_a_keyed_draw_waiting_for_the_replies_lock_leaves_its_worker_serving(make_server, instance_path, holder):
+    server = make_server(workers=1, env={"UNIQUERAND_LOCK_TIMEOUT": str(LOCK_TIMEOUT)})
+    keyed = lambda key: get(server.port, "/v5/random", timeout=30, headers={"Idempotency-Key": key})  # noqa: E731
+    assert keyed("first")[0] == 200  # replies.db exists, and the worker's writer has its connection
+    waiting: list = []
+    with KEYED_HOLDERS[holder](instance_path):
+        started = time.monotonic()
+        request = threading.Thread(target=lambda: waiting.append(keyed("second")))
+        request.start()
+        time.sleep(0.5)
+        others = {path: server.get(path, timeout=1.0)[0] for path in ("/healthz", "/v5/random")}
+        request.join(30)
+    assert others == {"/healthz": 200, "/v5/random": 200}, "the worker stopped while a keyed draw waited"
+    status, body, _ = waiting[0]
+    assert (status, body["code"]) == (503, "store_busy")
+    assert LOCK_TIMEOUT - 0.5 <= time.monotonic() - started <= LOCK_TIMEOUT + 5
+    assert keyed("third")[0] == 200

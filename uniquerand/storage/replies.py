@@ -151,5 +151,8 @@ def _found(fingerprint: str, status: int | None, body: Any) -> Reply:
     return Reply(False, fingerprint=fingerprint, status=status or 0, body=None if body is None else bytes(body))
 
 
-def new_committer(target: Target, lock_timeout: float, label: str, offload: bool) -> GroupCommitter:
-    return GroupCommitter([target], lock_timeout, lambda: StoreBusyError.of(label), offload=offload)
+def new_committer(
+    target: Target, lock_timeout: float, label: str, offload: bool, inline_when_free: bool = False
+) -> GroupCommitter:
+    busy = lambda: StoreBusyError.of(label)  # noqa: E731
+    return GroupCommitter([target], lock_timeout, busy, offload=offload, inline_when_free=inline_when_free)

@@ -28,6 +28,7 @@ class SqliteTarget:
         self._lock_path = lock_path
         self._connection: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._busy_timeout: int | None = None  # SQLite's, in ms: `try_begin` sets it to 0 for its BEGIN
 
     def begin(self) -> sqlite3.Connection:
         try:
@@ -47,6 +48,41 @@ class SqliteTarget:
                 raise self.translate(err) from err
             raise
         return self._connection
+
+    def try_begin(self) -> sqlite3.Connection | None:
+        """`begin` without waiting, for a caller that must not block (the worker's event loop): None if another
+        writer holds the lock file or SQLite's write lock (a process that takes no lock file, such as an
+        operator's shell), or if the connection is not open yet; the caller then waits in `begin` elsewhere."""
+        connection = self._connection
+        if connection is None:
+            return None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        except OSError as err:
+            raise self.translate(err) from err
+        try:
+            if self._busy_timeout is None:
+                self._busy_timeout = connection.execute("PRAGMA busy_timeout").fetchone()[0]
+            connection.execute("PRAGMA busy_timeout = 0")
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout}")
+        except sqlite3.OperationalError as err:
+            self._rollback(connection)
+            self._unlock()
+            if err.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                return None
+            raise self.translate(err) from err
+        except BaseException as err:
+            self._rollback(connection)
+            self._unlock()
+            if isinstance(err, Exception):
+                raise self.translate(err) from err
+            raise
+        return connection
 
     def savepoint(self, connection: sqlite3.Connection) -> None:
         connection.execute("SAVEPOINT job")
