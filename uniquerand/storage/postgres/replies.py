@@ -3,6 +3,8 @@ so a retry that reaches another host replays the same answer."""
 
 from __future__ import annotations
 
+import json
+
 from uniquerand.storage import runtime
 from uniquerand.storage.postgres.database import Database
 from uniquerand.storage.postgres.schema import Table, exists
@@ -26,6 +28,7 @@ SCHEMA = [
     )
 ]
 EXPIRES_INDEX = f"{TABLE}_expires"
+COLUMNS = tuple(name for name, _, _ in SCHEMA[0].columns)
 
 
 # A new row, or one that expired or whose claim went stale (same request, no answer, `stale` seconds old).
@@ -43,11 +46,14 @@ class PostgresReplySql:
         f"INSERT INTO {TABLE} AS r (client, key, fingerprint, owner, claimed, expires) "
         f"VALUES (%s, %s, %s, %s, %s, %s) {TAKE_OVER}"
     )
-    # One text whatever the group's size (psycopg converts and prepares it once): a column of values per array.
+    # One text and one parameter whatever the group's size: the rows as one JSON document (the json module
+    # encodes it in C, where psycopg builds eight arrays an element at a time in Python). Every column is text
+    # or a number; a body is the JSON text of a response, kept as its UTF-8 bytes.
     insert_rows = (
         f"INSERT INTO {TABLE} AS r (client, key, fingerprint, owner, claimed, expires, status, body) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], "
-        f"%s::integer[], %s::bytea[]) {TAKE_OVER}"
+        "SELECT client, key, fingerprint, owner, claimed, expires, status, convert_to(body, 'UTF8') "
+        "FROM json_to_recordset(%s::json) AS x(client text, key text, fingerprint text, owner text, "
+        f"claimed float8, expires float8, status integer, body text) {TAKE_OVER}"
     )
     select = f"SELECT fingerprint, owner, claimed, status, body FROM {TABLE} WHERE client = %s AND key = %s"
     record = f"UPDATE {TABLE} SET status = %s, body = %s WHERE client = %s AND key = %s AND owner = %s AND body IS NULL"
@@ -58,7 +64,8 @@ class PostgresReplySql:
     )
 
     def insert(self, rows: list[tuple], stale: float) -> tuple[str, tuple]:
-        return self.insert_rows, (*(list(column) for column in zip(*rows, strict=True)), stale)
+        document = [dict(zip(COLUMNS, (*row[:-1], row[-1].decode("utf-8")), strict=True)) for row in rows]
+        return self.insert_rows, (json.dumps(document), stale)
 
 
 def _index(connection) -> None:
