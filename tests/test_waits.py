@@ -73,23 +73,33 @@ HOLDERS = {
 }
 
 
+def _waiting_beside(server, holder, request, paths: tuple[str, ...]) -> tuple[tuple, dict[str, int], float]:
+    """`request()` on a thread while `holder` (a context manager) holds its lock, and meanwhile one GET of
+    /healthz and of each of `paths` on the same server: the request's answer, their statuses, and the seconds
+    from taking the lock to the request's end."""
+    answers: list = []
+    with holder:
+        started = time.monotonic()
+        waiting = threading.Thread(target=lambda: answers.append(request()))
+        waiting.start()
+        time.sleep(0.5)  # the request is waiting for the lock by now
+        others = {path: server.get(path, timeout=1.0)[0] for path in ("/healthz", *paths)}
+        waiting.join(30)
+    return answers[0], others, time.monotonic() - started
+
+
 @pytest.mark.parametrize("stage", sorted(HOLDERS))
 def test_a_request_waiting_for_a_lock_leaves_its_worker_serving(make_server, filled_shards, instance_path, stage):
     filled_shards(100)
     server = make_server(workers=1, env={"UNIQUERAND_LOCK_TIMEOUT": str(LOCK_TIMEOUT)})
     assert server.get("/v3/random")[0] == 200  # /v3's database exists, and the worker serves
-    waiting: list = []
-    with HOLDERS[stage](instance_path):
-        started = time.monotonic()
-        request = threading.Thread(target=lambda: waiting.append(server.get(f"/{stage}/random", timeout=30)))
-        request.start()
-        time.sleep(0.5)  # the request is waiting for the lock by now
-        others = {path: server.get(path, timeout=1.0)[0] for path in ("/healthz", "/v2/random")}
-        request.join(30)
+    answer, others, took = _waiting_beside(
+        server, HOLDERS[stage](instance_path), lambda: server.get(f"/{stage}/random", timeout=30), ("/v2/random",)
+    )
     assert others == {"/healthz": 200, "/v2/random": 200}, "the worker stopped while a request waited for a lock"
-    status, body, _ = waiting[0]
+    status, body, _ = answer
     assert (status, body["code"]) == (503, "store_busy")
-    assert LOCK_TIMEOUT - 0.5 <= time.monotonic() - started <= LOCK_TIMEOUT + 5
+    assert LOCK_TIMEOUT - 0.5 <= took <= LOCK_TIMEOUT + 5
     # Once the lock is free the stage serves again.
     assert server.get(f"/{stage}/random")[0] == 200
 
@@ -107,16 +117,11 @@ def test_a_keyed_draw_waiting_for_the_replies_lock_leaves_its_worker_serving(mak
     server = make_server(workers=1, env={"UNIQUERAND_LOCK_TIMEOUT": str(LOCK_TIMEOUT)})
     keyed = lambda key: get(server.port, "/v5/random", timeout=30, headers={"Idempotency-Key": key})  # noqa: E731
     assert keyed("first")[0] == 200  # replies.db exists, and the worker's writer has its connection
-    waiting: list = []
-    with KEYED_HOLDERS[holder](instance_path):
-        started = time.monotonic()
-        request = threading.Thread(target=lambda: waiting.append(keyed("second")))
-        request.start()
-        time.sleep(0.5)
-        others = {path: server.get(path, timeout=1.0)[0] for path in ("/healthz", "/v5/random")}
-        request.join(30)
+    answer, others, took = _waiting_beside(
+        server, KEYED_HOLDERS[holder](instance_path), lambda: keyed("second"), ("/v5/random",)
+    )
     assert others == {"/healthz": 200, "/v5/random": 200}, "the worker stopped while a keyed draw waited"
-    status, body, _ = waiting[0]
+    status, body, _ = answer
     assert (status, body["code"]) == (503, "store_busy")
-    assert LOCK_TIMEOUT - 0.5 <= time.monotonic() - started <= LOCK_TIMEOUT + 5
+    assert LOCK_TIMEOUT - 0.5 <= took <= LOCK_TIMEOUT + 5
     assert keyed("third")[0] == 200

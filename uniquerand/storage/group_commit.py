@@ -30,6 +30,7 @@ import queue
 import random
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from uniquerand.storage import runtime
@@ -177,7 +178,8 @@ class GroupCommitter:
             batch = [self._queue.get()]
             try:
                 if self._inline_when_free:
-                    batch = self._commit_group(batch, True, *self._begin_on_loop())
+                    target = self._pick()
+                    batch = self._commit_group(batch, True, target, partial(self._begin_on_loop, target))
                 elif self._offload:
                     # Gathered before the hand-off, on the loop (gevent's queue is the loop's): gathering once the
                     # lock is held would take a second hand-off whenever another process holds it.
@@ -194,36 +196,31 @@ class GroupCommitter:
                 if pending.posted and pending.error is not None:
                     self._log_posted_failure(pending.error)
 
-    def _begin_on_loop(self) -> tuple[Target, Any]:
-        """A target and its begun transaction (or the StoreError that began none) for a group that runs on the
-        writer (`inline_when_free`): begun at once if its lock is free, else awaited on an OS thread."""
-        target = self._pick()
-        try:
-            handle = target.try_begin()
-            return target, runtime.run_blocking(target.begin) if handle is None else handle
-        except StoreError as err:
-            return target, err
+    @staticmethod
+    def _begin_on_loop(target: Target) -> Any:
+        """The transaction of a group that runs on the writer (`inline_when_free`): begun at once if the target's
+        lock is free, else awaited on an OS thread."""
+        handle = target.try_begin()
+        return runtime.run_blocking(target.begin) if handle is None else handle
 
     def _pick(self) -> Target:
         return self._targets[0] if len(self._targets) == 1 else random.choice(self._targets)
 
     def _commit_group(
-        self, batch: list[_Pending], gather: bool, target: Target | None = None, begun: Any = None
+        self, batch: list[_Pending], gather: bool, target: Target | None = None, begin: Callable[[], Any] | None = None
     ) -> list[_Pending]:
         """Runs and commits the jobs of `batch` (plus, with `gather`, those that arrived while the lock was
-        awaited) whose callers still wait, in `target` (else one drawn) and the transaction it `begun` if given
-        (or the StoreError that began none); returns them."""
+        awaited) whose callers still wait, in `target` (else one drawn), in the transaction `begin()` starts
+        (else the target's own); returns them."""
         target = target or self._pick()
-        alone = begun is None and hasattr(target, "begin_alone")
+        alone = begin is None and hasattr(target, "begin_alone")
         if alone:
             if gather:  # a target without a lock to wait for: the group is known before it begins
                 self._gather(batch)
                 gather = False
             alone = _one_statement(batch)
         try:
-            if isinstance(begun, StoreError):
-                raise begun
-            handle = begun if begun is not None else target.begin_alone() if alone else target.begin()
+            handle = (begin or (target.begin_alone if alone else target.begin))()
         except StoreError as err:
             if gather:
                 # The jobs queued while it failed would wait for a next attempt that fails the same way.

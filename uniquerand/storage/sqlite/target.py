@@ -70,15 +70,11 @@ class SqliteTarget:
                 connection.execute("BEGIN IMMEDIATE")
             finally:
                 connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout}")
-        except sqlite3.OperationalError as err:
-            self._rollback(connection)
-            self._unlock()
-            if err.sqlite_errorcode == sqlite3.SQLITE_BUSY:
-                return None
-            raise self.translate(err) from err
         except BaseException as err:
             self._rollback(connection)
             self._unlock()
+            if isinstance(err, sqlite3.OperationalError) and err.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                return None
             if isinstance(err, Exception):
                 raise self.translate(err) from err
             raise
